@@ -1,0 +1,47 @@
+"""Command-line plumbing shared by the stage scripts."""
+import argparse
+import importlib
+import sys
+
+from tool.io import UserError
+
+
+def str2bool(value):
+    """Parse booleans properly ('--curve False' is False, unlike argparse's type=bool)."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ('true', '1', 'yes', 'y', 'on'):
+        return True
+    if lowered in ('false', '0', 'no', 'n', 'off'):
+        return False
+    raise argparse.ArgumentTypeError(f'expected a boolean (True/False), got {value!r}')
+
+
+def import_network(module_path, cls='Net', **kwargs):
+    """`importlib.import_module(module_path).<cls>(**kwargs)`, as the reference's --network convention."""
+    try:
+        module = importlib.import_module(module_path)
+    except ModuleNotFoundError as e:
+        raise UserError(f'--network {module_path}: module not found ({e.name}); '
+                        'use a module path such as network.resnet38_cls')
+    if not hasattr(module, cls):
+        raise UserError(f'--network {module_path} has no class {cls}; pick a network module that defines it')
+    return getattr(module, cls)(**kwargs)
+
+
+def pick_device():
+    import torch
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def run_main(main, argv=None):
+    """Run a stage's main(); bad input ends with 'error: <message>' and exit code 2, no traceback."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print('interrupted; finished outputs are kept, rerun to continue', file=sys.stderr)
+        sys.exit(130)
