@@ -17,10 +17,13 @@ def pair_offsets(radius):
 def get_indices_of_pairs(radius, size):
     """Flat indices of the "from" pixels and, for every offset in turn, of their "to" partners.
 
-    "From" pixels are the grid without the last radius-1 rows and radius-1 columns on each side.
+    "From" pixels are the grid without the last radius-1 rows and radius-1 columns on each side;
+    a grid too small to hold any (height < radius or width < 2 * radius - 1) has no pairs.
     """
     h, w = size
     r = radius - 1
+    if h - r <= 0 or w - 2 * r <= 0:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     grid = np.arange(h * w, dtype=np.int64).reshape(h, w)
     ind_from = grid[:h - r, r:w - r].reshape(-1)
     ind_to = [grid[dy:dy + h - r, r + dx:r + dx + w - 2 * r].reshape(-1)
