@@ -12,7 +12,7 @@ class UserError(Exception):
     """A one-line error about bad input: names the file and the fix."""
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
     """Write via `write(tmp_path)` to a temp file in the target folder, then rename over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -33,7 +33,7 @@ def atomic_save_npy(path, obj):
     def write(tmp):
         with open(tmp, 'wb') as f:
             np.save(f, obj, allow_pickle=True)
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def atomic_save_png(path, label, palette=True):
@@ -42,17 +42,17 @@ def atomic_save_png(path, label, palette=True):
     if palette:
         img = img.convert('P')
         img.putpalette(PALETTE)
-    _atomic_write(path, lambda tmp: img.save(tmp, format='PNG'))
+    atomic_write(path, lambda tmp: img.save(tmp, format='PNG'))
 
 
 def atomic_save_image(path, image, **save_kwargs):
     """Save a PIL image atomically (the format follows the file extension)."""
-    _atomic_write(path, lambda tmp: image.save(tmp, **save_kwargs))
+    atomic_write(path, lambda tmp: image.save(tmp, **save_kwargs))
 
 
 def atomic_torch_save(path, obj):
     import torch
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def require_file(path, what):
@@ -95,7 +95,7 @@ def load_label_png(path):
         raise UserError(f'corrupt label PNG {path}: {e.__class__.__name__} (re-create or remove it)')
     if label.max(initial=0) > 255:
         raise UserError(f'{path} holds values above 255; labels must be 0..20 or 255')
-    return label.astype(np.uint8)
+    return label.astype(np.uint8, copy=False)
 
 
 def load_image(path):

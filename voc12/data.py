@@ -9,7 +9,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tool import imutils
-from tool.io import UserError, load_dict_npy, load_image, load_label_png, require_dir, require_file
+from tool.io import (
+    UserError,
+    load_dict_npy,
+    load_image,
+    load_label_png,
+    require_dir,
+    require_file,
+)
+from tool.metrics import check_labels
 from tool.pyutils import pair_offsets
 
 CAT_LIST = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
@@ -99,14 +107,8 @@ def load_checked_label(path, size_hw):
     if label.shape != tuple(size_hw):
         raise UserError(f'{path}: label is {label.shape[1]}x{label.shape[0]} but its image is '
                         f'{size_hw[1]}x{size_hw[0]} (labels must have the size of their image)')
-    check_label_values(label, path)
+    check_labels(label, N_CLASSES + 1, path)
     return label
-
-
-def check_label_values(label, path):
-    bad = np.unique(label[(label > N_CLASSES) & (label != IGNORE)])
-    if bad.size:
-        raise UserError(f'{path}: label values {bad.tolist()[:5]} outside 0..{N_CLASSES} and {IGNORE}')
 
 
 # ----------------------------------------------------------------------------- affinity labels

@@ -20,7 +20,8 @@ import scipy.io
 
 from tool.cli import run_main, str2bool
 from tool.io import UserError, atomic_save_png, load_label_png, pending
-from voc12.data import VOC12_DIR, check_label_values, load_img_name_list
+from tool.metrics import check_labels
+from voc12.data import N_CLASSES, VOC12_DIR, load_img_name_list
 
 FULL_VOC_COUNTS = {'train_aug': 10582, 'train': 1464, 'val': 1449}
 
@@ -52,7 +53,7 @@ def label_source(name, voc12_root, sbd_root):
 def convert_one(name, voc12_root, sbd_root, out_dir):
     src = label_source(name, voc12_root, sbd_root)
     label = load_label_png(src) if src.endswith('.png') else load_sbd_mat(src)
-    check_label_values(label, src)
+    check_labels(label, N_CLASSES + 1, src)
     atomic_save_png(os.path.join(out_dir, name + '.png'), label)
 
 
