@@ -151,12 +151,15 @@ def save_checkpoint(path, model, optimizer, epoch, seed, scaler=None):
 
 
 def _resume(path, model, optimizer, scaler):
+    """Load a checkpoint; the poly schedule keeps this run's max_step (so --max_epoches may change)."""
     require_file(path, '--resume checkpoint')
     ckpt = torch.load(path, map_location='cpu', weights_only=False)
     if not isinstance(ckpt, dict) or 'optimizer' not in ckpt:
         raise UserError(f'{path} is not a training checkpoint (expected <session_name>.ckpt.pth)')
     model.load_state_dict(ckpt['model'])
+    max_step = optimizer.max_step
     optimizer.load_state_dict(ckpt['optimizer'])
+    optimizer.max_step = max_step
     if scaler is not None and ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
     _set_rng_state(ckpt['rng'])

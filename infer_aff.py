@@ -1,0 +1,135 @@
+"""Stage 4: random walk of the CAMs over AffinityNet's affinities -> pseudo-label PNGs.
+
+    python3 infer_aff.py --infer_list voc12/train.txt --voc12_root VOC2012 --network network.resnet38_aff \
+        --weights res38_aff.pth --cam_dir cam --out_rw rw
+"""
+import argparse
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+import voc12.data
+from tool.cli import import_network, pick_device, run_main
+from tool.imutils import HWC_to_CHW
+from tool.inference import pending_progress
+from tool.io import UserError, atomic_save_png, load_dict_npy, load_image, require_dir
+from tool.randomwalk import propagate_cam
+from tool.weights import load_weights
+
+N_CLASSES = 20
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description='Random walk of the CAMs with AffinityNet (stage 4).')
+    parser.add_argument('--weights', required=True, type=str, help='state dict saved by train_aff.py')
+    parser.add_argument('--network', default='network.vgg16_aff', type=str)
+    parser.add_argument('--infer_list', default='voc12/train.txt', type=str)
+    parser.add_argument('--num_workers', default=8, type=int, help='processes loading images and CAM dicts')
+    parser.add_argument('--cam_dir', required=True, type=str, help='CAM dicts of infer_cls --out_cam')
+    parser.add_argument('--voc12_root', required=True, type=str)
+    parser.add_argument('--alpha', default=16, type=int, help='background score (1 - max CAM) ** alpha')
+    parser.add_argument('--out_rw', required=True, type=str, help='folder for the label PNGs')
+    parser.add_argument('--beta', default=8, type=int, help='affinity ** beta')
+    parser.add_argument('--logt', default=8, type=int, help='the walk runs 2 ** logt steps')
+    parser.add_argument('--rw', choices=['sparse', 'dense'], default='sparse',
+                        help="'sparse': 2^logt radius-5 sparse products (default); "
+                             "'dense': the reference's dense HW x HW squaring (slow, memory-hungry; the oracle)")
+    parser.add_argument('--overwrite', action='store_true', help='redo images whose PNG exists')
+    parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
+    parser.add_argument('--width', default=1.0, type=float,
+                        help='backbone width multiplier (1 = the reference network; must match the weights)')
+    return parser
+
+
+def cam_stack(cam_dict, size_hw, alpha, path):
+    """(21, H, W) float32: channel k+1 = CAM of class k, channel 0 = (1 - max over classes) ** alpha."""
+    cam = np.zeros((N_CLASSES + 1,) + tuple(size_hw), np.float32)
+    for k, v in cam_dict.items():
+        if not (isinstance(k, (int, np.integer)) and 0 <= k < N_CLASSES):
+            raise UserError(f'{path}: key {k!r} is not a class index 0..19 (expected a CAM dict of infer_cls)')
+        if np.shape(v) != tuple(size_hw):
+            raise UserError(f'{path}: CAM of class {k} is {np.shape(v)} but the image is {tuple(size_hw)} '
+                            '(rerun infer_cls for this image)')
+        cam[k + 1] = v
+    cam[0] = (1 - np.max(cam[1:], axis=0)) ** alpha
+    return cam
+
+
+class WalkInputs(Dataset):
+    """(CHW normalised image, (21, H, W) CAM stack, None) or (None, None, one-line error) per id."""
+
+    def __init__(self, ids, voc12_root, cam_dir, normalize, alpha):
+        self.ids, self.voc12_root, self.cam_dir = ids, voc12_root, cam_dir
+        self.normalize, self.alpha = normalize, alpha
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, idx):
+        name = self.ids[idx]
+        try:
+            img = load_image(voc12.data.get_img_path(name, self.voc12_root))
+            cam_path = os.path.join(self.cam_dir, name + '.npy')
+            cam = cam_stack(load_dict_npy(cam_path), img.shape[:2], self.alpha, cam_path)
+        except UserError as e:  # returned, not raised: a worker's exception would reach us as a traceback
+            return None, None, str(e)
+        return np.ascontiguousarray(HWC_to_CHW(self.normalize(img))), cam, None
+
+
+def pad_to_multiple(x, multiple=8):
+    """Zero-pad a tensor's last two axes on the right/bottom up to a multiple of `multiple`."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % multiple, 0, -h % multiple))
+
+
+def random_walk_labels(model, img, cam, beta, logt, method, device):
+    """The reference's infer_aff for one image: (H, W) uint8 labels from a CHW image and its CAM stack."""
+    h, w = img.shape[1:]
+    x = pad_to_multiple(torch.as_tensor(img))[None].to(device)
+    with torch.no_grad():
+        aff = model(x)
+        label = propagate_cam(pad_to_multiple(torch.as_tensor(cam)), aff, (x.shape[2] // 8, x.shape[3] // 8),
+                              beta, logt, method)
+    return label[:h, :w]
+
+
+def load_trained_weights(model, path):
+    """Load weights for inference: every tensor of the network must come from the file (the reference is strict)."""
+    summary = load_weights(model, path)
+    if summary['missing'] or summary['unexpected']:
+        network = type(model).__module__
+        example = (summary['missing_keys'] + summary['unexpected_keys'])[0]
+        raise UserError(f'weights {path} do not fit network {network}: {summary["missing"]} of its tensors missing, '
+                        f'{summary["unexpected"]} unknown (e.g. {example}); pass the <session_name>.pth that '
+                        f'train_aff.py saved for {network}')
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    device = torch.device(args.device) if args.device else pick_device()
+    ids = voc12.data.load_img_name_list(args.infer_list)
+    require_dir(args.cam_dir, 'CAM dicts (--cam_dir)')
+    model = import_network(args.network, **({'width': args.width} if args.width != 1 else {}))
+    load_trained_weights(model, args.weights)
+    model.eval().to(device)
+    os.makedirs(args.out_rw, exist_ok=True)
+
+    def png_path(name):
+        return os.path.join(args.out_rw, name + '.png')
+
+    bar = pending_progress(ids, lambda name: [png_path(name)], args.overwrite, desc='random walk')
+    inputs = WalkInputs(list(bar.iterable), args.voc12_root, args.cam_dir, model.normalize, args.alpha)
+    loader = DataLoader(inputs, batch_size=None, num_workers=args.num_workers)
+    for name, (img, cam, error) in zip(bar, loader):  # the loader yields the pending ids in order
+        if error:
+            raise UserError(error)
+        label = random_walk_labels(model, img, cam, args.beta, args.logt, args.rw, device)
+        atomic_save_png(png_path(name), label)
+    print(f'random-walk labels in {args.out_rw}')
+
+
+if __name__ == '__main__':
+    run_main(main)

@@ -1,0 +1,130 @@
+"""Stage 2: class activation maps (multi-scale + flip) and their dense-CRF refinements.
+
+    python3 infer_cls.py --infer_list voc12/train_aug.txt --voc12_root VOC2012 --network network.resnet38_cls \
+        --weights res38_cls.pth --out_cam cam --out_la_crf crf_la --out_ha_crf crf_ha
+
+Per image <id> (only the outputs asked for):
+  --out_cam/<id>.npy       {class k: HxW float32 in [0, 1]} for the classes of the image-level label
+  --out_cam_pred/<id>.png  argmax of [0.2 background, CAMs] (VOC palette PNG of class indices)
+  --out_la_crf/<id>.npy    {0: background, k+1: class k} dCRF marginals, background (1 - max CAM)^low_alpha
+  --out_ha_crf/<id>.npy    the same with high_alpha
+Images whose outputs all exist are skipped (--overwrite redoes them). The dCRF runs in --num_workers
+processes while the network works on the next image.
+"""
+import argparse
+import functools
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import voc12.data
+from tool import imutils
+from tool.cli import run_main
+from tool.inference import CrfPool, load_model, msf_forward, pending_progress, resolve_device
+from tool.io import UserError, atomic_save_npy, atomic_save_png, load_image, require_dir
+
+SCALES = (1.0, 0.5, 1.5, 2.0)
+CAM_PRED_BG = 0.2
+OUTPUTS = {'out_cam': '.npy', 'out_cam_pred': '.png', 'out_la_crf': '.npy', 'out_ha_crf': '.npy'}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--weights', required=True, type=str, help='state dict written by train_cls.py')
+    parser.add_argument('--network', default='network.vgg16_cls', type=str)
+    parser.add_argument('--infer_list', default='voc12/train.txt', type=str)
+    parser.add_argument('--num_workers', default=8, type=int,
+                        help='dense-CRF worker processes (at most the CPU count; 0 runs the CRF in this process)')
+    parser.add_argument('--voc12_root', required=True, type=str)
+    parser.add_argument('--low_alpha', default=4, type=int, help='background power of --out_la_crf')
+    parser.add_argument('--high_alpha', default=32, type=int, help='background power of --out_ha_crf')
+    parser.add_argument('--out_cam', default=None, type=str)
+    parser.add_argument('--out_la_crf', default=None, type=str)
+    parser.add_argument('--out_ha_crf', default=None, type=str)
+    parser.add_argument('--out_cam_pred', default=None, type=str)
+    parser.add_argument('--cls_labels', default=None,
+                        help='image-level labels .npy (default: voc12/cls_labels.npy beside the code)')
+    parser.add_argument('--width', default=1.0, type=float, help='backbone width multiplier the weights were trained with')
+    parser.add_argument('--overwrite', action='store_true', help='redo images whose outputs already exist')
+    parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
+    parser.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none',
+                        help='mixed-precision forward (fp16 needs CUDA)')
+    return parser
+
+
+def normalized_cam(model, img, label, device, amp='none'):
+    """(20, H, W) float32: the label-masked sum of the 8 multi-scale + flip CAMs, each class divided by
+    (its max + 1e-5)."""
+    label = torch.from_numpy(label).to(device).view(-1, 1, 1)
+    cam = msf_forward(model.forward_cam, img, SCALES, model.normalize, device, amp=amp, sum_outputs=True) * label
+    return (cam / (cam.amax(dim=(1, 2), keepdim=True) + 1e-5)).cpu().numpy()
+
+
+def cam_pred(norm_cam):
+    """HxW class indices: argmax over a constant 0.2 background score and the 20 CAMs."""
+    bg = np.full((1,) + norm_cam.shape[1:], CAM_PRED_BG, norm_cam.dtype)
+    return np.argmax(np.concatenate((bg, norm_cam)), 0).astype(np.uint8)
+
+
+def crf_with_alpha(img, cam_dict, alpha):
+    """{0: background, k+1: class k} dCRF marginals of the stack [(1 - max_k cam_k)^alpha, cams].
+
+    Without any present class there is nothing to refine: the whole image is background (the
+    reference crashes here)."""
+    if not cam_dict:
+        return {0: np.ones(img.shape[:2], np.float32)}
+    v = np.array(list(cam_dict.values()))
+    bg = np.power(1 - np.max(v, axis=0, keepdims=True), alpha)
+    scores = np.concatenate((bg, v), axis=0)
+    crf = imutils.crf_inference(img, scores, labels=scores.shape[0])
+    out = {0: crf[0]}
+    for i, key in enumerate(cam_dict):
+        out[key + 1] = crf[i + 1]
+    return out
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    out_dirs = {flag: getattr(args, flag) for flag in OUTPUTS if getattr(args, flag)}
+    if not out_dirs:
+        raise UserError('nothing to write: give at least one of --out_cam, --out_cam_pred, --out_la_crf, --out_ha_crf')
+    ids = voc12.data.load_img_name_list(args.infer_list)
+    labels = dict(zip(ids, voc12.data.load_image_label_list_from_npy(ids, args.cls_labels)))
+    require_dir(os.path.join(args.voc12_root, voc12.data.IMG_FOLDER_NAME), 'JPEGImages (under --voc12_root)')
+    missing = [name for name in ids if not os.path.isfile(voc12.data.get_img_path(name, args.voc12_root))]
+    if missing:
+        raise UserError(f'{len(missing)} images of {args.infer_list} are missing, e.g. '
+                        f'{voc12.data.get_img_path(missing[0], args.voc12_root)} (check --voc12_root and --infer_list)')
+    device = resolve_device(args.device)
+    model = load_model(args.network, args.weights, device, args.width)
+    print(f'infer_cls on {device}: {len(ids)} images of {args.infer_list}')
+
+    def out_path(flag, name):
+        return os.path.join(out_dirs[flag], name + OUTPUTS[flag])
+
+    crf_alphas = {flag: alpha for flag, alpha in (('out_la_crf', args.low_alpha), ('out_ha_crf', args.high_alpha))
+                  if flag in out_dirs}
+    todo = pending_progress(ids, lambda name: [out_path(flag, name) for flag in out_dirs], args.overwrite,
+                            desc='infer_cls')
+    workers = min(args.num_workers, os.cpu_count() or 1) if crf_alphas and todo.total else 0
+    with CrfPool(workers) as pool:
+        for name in todo:
+            img = load_image(voc12.data.get_img_path(name, args.voc12_root))
+            norm_cam = normalized_cam(model, img, labels[name], device, args.amp)
+            cam_dict = {k: norm_cam[k] for k in range(len(norm_cam)) if labels[name][k] > 1e-5}
+            if not cam_dict:
+                tqdm.write(f'warning: {name} has no class in its image-level label; its CAM dict is empty and its '
+                           'CRF dicts are all background')
+            if 'out_cam' in out_dirs:
+                atomic_save_npy(out_path('out_cam', name), cam_dict)
+            if 'out_cam_pred' in out_dirs:
+                atomic_save_png(out_path('out_cam_pred', name), cam_pred(norm_cam))
+            for flag, alpha in crf_alphas.items():
+                pool.submit(name, crf_with_alpha, (img, cam_dict, alpha),
+                            functools.partial(atomic_save_npy, out_path(flag, name)))
+
+
+if __name__ == '__main__':
+    run_main(main)

@@ -1,0 +1,69 @@
+"""bench/bench_memory.py: the meta-device estimate against real CPU counts, the measured path's steps, the table."""
+import math
+
+import pytest
+import torch
+
+from bench import bench_memory
+from tool.train_loop import autocast
+
+WIDTH, CROP = 0.125, 96
+
+
+@pytest.mark.parametrize('stage', list(bench_memory.STAGES))
+def test_meta_count_equals_a_real_cpu_forward(stage):
+    """fp32, and bf16 where the CPU runs real autocast (which saves the bf16 weight copies among the tensors)."""
+    for amp in ('none', 'bf16'):
+        torch.manual_seed(0)
+        model = bench_memory.build_model(stage, WIDTH)
+        batch = bench_memory.make_batch(stage, 2, CROP)
+        with autocast(torch.device('cpu'), amp):
+            real = sum(bench_memory.saved_bytes(lambda: bench_memory.stage_loss(stage, model, batch, batch),
+                                                list(model.parameters()) + list(model.buffers())))
+        meta_model = bench_memory.build_model(stage, WIDTH, 'meta')
+        counted = sum(bench_memory.saved_activation_bytes(stage, meta_model, 2, CROP, amp))
+        if amp == 'bf16':
+            counted += 2 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert counted == pytest.approx(real, rel=0.01), (amp, counted, real)
+
+
+@pytest.mark.parametrize('stage', list(bench_memory.STAGES))
+def test_train_steps_run_and_update_the_network(stage):
+    torch.manual_seed(0)
+    model = bench_memory.build_model(stage, WIDTH)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    batch = bench_memory.make_batch(stage, 2, CROP)
+    loss = bench_memory.stage_loss(stage, model, batch, batch)
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    optimizer = bench_memory.train_steps(stage, model, batch, 1, 'none', torch.device('cpu'))
+    assert optimizer.global_step == 2
+    changed = [n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])]
+    assert len(changed) == len(before)
+
+
+def test_table_rows(capsys):
+    bench_memory.main(['--width', str(WIDTH), '--crop', str(CROP), '--estimate'])
+    out = capsys.readouterr().out
+    assert 'ESTIMATE' in out
+    rows = [line.strip('|').split('|') for line in out.splitlines() if line.startswith('| train_')]
+    # micro-batches 0 (whole), 4, 2, 1 that split the batch: cls 16/4/2/1, aff 8/4/2/1, seg 4/2/1; x 2 precisions
+    assert [(r[0].strip(), int(r[2]), r[3].strip()) for r in rows[:5]] == \
+        [('train_cls', 16, 'none'), ('train_cls', 4, 'none'), ('train_cls', 2, 'none'), ('train_cls', 1, 'none'),
+         ('train_cls', 16, 'bf16')]
+    assert len(rows) == 2 * (4 + 4 + 3) and all(len(r) == 8 for r in rows)
+
+
+@pytest.mark.parametrize('stage', list(bench_memory.STAGES))
+def test_micro_batches_and_bf16_lower_the_estimate(stage):
+    batch = bench_memory.STAGES[stage][2]
+    whole = bench_memory.estimate(stage, batch, 0, 'none', CROP, WIDTH)[0]
+    assert bench_memory.estimate(stage, batch, 1, 'none', CROP, WIDTH)[0] < whole
+    assert bench_memory.estimate(stage, batch, 0, 'bf16', CROP, WIDTH)[1]['activations'] < \
+        0.6 * bench_memory.estimate(stage, batch, 0, 'none', CROP, WIDTH)[1]['activations']
+
+
+def test_activations_scale_with_the_micro_batch():
+    one = bench_memory.estimate('train_aff', 8, 1, 'none', CROP, WIDTH)[1]
+    four = bench_memory.estimate('train_aff', 8, 4, 'none', CROP, WIDTH)[1]
+    assert four['activations'] == pytest.approx(4 * one['activations'], rel=0.01)
+    assert four['weights'] == one['weights'] and four['grads'] == four['momentum'] == one['grads']
