@@ -1,0 +1,147 @@
+"""voc12.synthetic: VOC layout, label/XML/cls_labels agreement, determinism."""
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from voc12 import synthetic
+from voc12.make_cls_labels import make_cls_labels
+
+VOC_NAMES = ('aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse motorbike person '
+             'pottedplant sheep sofa train tvmonitor').split()
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_lines(path):
+    with open(path) as f:
+        return f.read().split()
+
+
+def read_ids(root, split):
+    return read_lines(os.path.join(root, 'ImageSets', 'Segmentation', f'{split}.txt'))
+
+
+def load_cls(root):
+    return np.load(os.path.join(root, 'cls_labels.npy'), allow_pickle=True).item()
+
+
+def label_png(root, folder, image_id):
+    with Image.open(os.path.join(root, folder, f'{image_id}.png')) as img:
+        assert img.mode == 'P'
+        return np.array(img)
+
+
+def xml_objects(root, image_id):
+    tree = ET.parse(os.path.join(root, 'Annotations', f'{image_id}.xml')).getroot()
+    return tree, tree.findall('object')
+
+
+@pytest.fixture(scope='module')
+def voc(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('voc'))
+    return synthetic.make_voc(root, n_train=8, n_val=4, seed=3)
+
+
+def test_layout_and_splits(voc):
+    train, val = read_ids(voc, 'train'), read_ids(voc, 'val')
+    assert len(train) == 8 and len(val) == 4 and not set(train) & set(val)
+    assert sorted(read_ids(voc, 'trainval')) == sorted(train + val)
+    for image_id in train + val:
+        assert len(image_id) == 11 and image_id[4] == '_' and image_id[:4].isdigit() and image_id[5:].isdigit()
+        for rel in (f'JPEGImages/{image_id}.jpg', f'SegmentationClass/{image_id}.png',
+                    f'SegmentationClassAug/{image_id}.png', f'Annotations/{image_id}.xml'):
+            assert os.path.isfile(os.path.join(voc, rel)), rel
+    for name, ids in (('train_aug', train), ('train', train), ('val', val)):
+        lines = open(os.path.join(voc, 'lists', f'{name}.txt')).read().splitlines()
+        assert lines == [f'/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png' for i in ids]
+        assert [line.split()[0][-15:-4] for line in lines] == ids  # the reference's id slice
+
+
+def test_masks_decode_to_classes_with_borders(voc):
+    for image_id in read_ids(voc, 'trainval'):
+        seg = label_png(voc, 'SegmentationClass', image_id)
+        aug = label_png(voc, 'SegmentationClassAug', image_id)
+        with Image.open(os.path.join(voc, 'JPEGImages', f'{image_id}.jpg')) as img:
+            assert img.mode == 'RGB' and img.size == (64, 48) and seg.shape == aug.shape == (48, 64)
+        assert set(np.unique(seg)) <= set(range(21)) | {255} and 255 in seg
+        assert set(np.unique(aug)) <= set(range(21))
+        # the border sits exactly where labels change; elsewhere both masks agree
+        keep = seg != 255
+        assert (seg[keep] == aug[keep]).all()
+        changes = np.zeros_like(keep)
+        changes[:, 1:] |= aug[:, 1:] != aug[:, :-1]
+        changes[1:, :] |= aug[1:, :] != aug[:-1, :]
+        assert not keep[changes].any()
+
+
+def check_labels_agree(root, width, height):
+    """cls_labels.npy, both mask folders and the XML name the same classes for every id."""
+    cls = load_cls(root)
+    ids = read_ids(root, 'trainval')
+    assert sorted(cls) == sorted(ids)
+    for image_id in ids:
+        label = cls[image_id]
+        assert label.dtype == np.float32 and label.shape == (20,) and label.sum() >= 1
+        present = set(np.flatnonzero(label))
+        for folder in ('SegmentationClass', 'SegmentationClassAug'):
+            in_mask = set(np.unique(label_png(root, folder, image_id))) - {0, 255}
+            assert {c - 1 for c in in_mask} == present, (folder, image_id)
+        tree, objects = xml_objects(root, image_id)
+        assert tree.findtext('filename') == f'{image_id}.jpg'
+        assert (tree.findtext('size/width'), tree.findtext('size/height')) == (str(width), str(height))
+        assert {VOC_NAMES.index(o.findtext('name')) for o in objects} == present
+        for o in objects:
+            box = [int(o.findtext(f'bndbox/{k}')) for k in ('xmin', 'ymin', 'xmax', 'ymax')]
+            assert 1 <= box[0] <= box[2] <= width and 1 <= box[1] <= box[3] <= height
+    return cls
+
+
+def test_cls_labels_agree_with_masks_and_xml(voc):
+    cls = check_labels_agree(voc, 64, 48)
+    lists = [os.path.join(voc, 'lists', f'{name}.txt') for name in ('train_aug', 'val')]
+    from_xml = make_cls_labels(voc, lists)  # the data helper's builder, reading only the XML
+    assert sorted(from_xml) == sorted(cls) and all(np.array_equal(from_xml[i], cls[i]) for i in cls)
+
+
+def test_demo_dataset(tmp_path):
+    root = synthetic.make_demo(str(tmp_path), n_train=10, n_val=4, size=96, seed=2)
+    assert len(read_ids(root, 'train')) == 10 and len(read_ids(root, 'val')) == 4
+    cls = check_labels_agree(root, 96, 96)
+    assert set(np.flatnonzero(sum(cls.values()))) <= set(synthetic.DEMO_CLASSES)
+    assert len(synthetic.DEMO_CLASSES) == 6
+
+
+def test_deterministic_from_seed(tmp_path):
+    def snapshot(root):
+        ids = read_ids(root, 'trainval')
+        pngs = {i: open(os.path.join(root, 'SegmentationClass', f'{i}.png'), 'rb').read() for i in ids}
+        return ids, pngs, load_cls(root)
+
+    a = snapshot(synthetic.make_voc(str(tmp_path / 'a'), n_train=4, n_val=2, seed=7))
+    b = snapshot(synthetic.make_voc(str(tmp_path / 'b'), n_train=4, n_val=2, seed=7))
+    c = snapshot(synthetic.make_voc(str(tmp_path / 'c'), n_train=4, n_val=2, seed=8))
+    assert a[0] == b[0] and a[1] == b[1]
+    assert all(np.array_equal(a[2][i], b[2][i]) for i in a[0])
+    assert a[0] != c[0] or a[1] != c[1]
+
+
+def test_class_subset_and_size_range(tmp_path):
+    root = synthetic.make_voc(str(tmp_path), n_train=6, n_val=2, size=((40, 60), (30, 50)), classes=[4, 14], seed=1)
+    cls = load_cls(root)
+    assert set(np.flatnonzero(sum(cls.values()))) <= {4, 14}
+    for image_id in cls:
+        w, h = Image.open(os.path.join(root, 'JPEGImages', f'{image_id}.jpg')).size
+        assert 40 <= w <= 60 and 30 <= h <= 50
+        assert label_png(root, 'SegmentationClass', image_id).shape == (h, w)
+    with pytest.raises(ValueError):
+        synthetic.make_voc(str(tmp_path / 'bad'), classes=[20])
+
+
+def test_cli(tmp_path):
+    subprocess.run([sys.executable, '-m', 'voc12.synthetic', '--root', str(tmp_path), '--n_train', '3',
+                    '--n_val', '2', '--seed', '5'], check=True, cwd=REPO, capture_output=True)
+    assert len(read_ids(str(tmp_path), 'train')) == 3 and len(load_cls(str(tmp_path))) == 5
