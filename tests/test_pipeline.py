@@ -1,0 +1,207 @@
+"""run_pipeline.py: every stage in process on tiny synthetic data, skipping, resuming, stage selection,
+pass-through flags, the summary, and the report (tool/report.py)."""
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import run_pipeline
+from tool import report
+from tool.io import UserError, load_dict_npy, load_label_png
+from voc12.synthetic import make_voc
+
+TINY = ['--width', '0.125', '--num_workers', '0', '--seed', '0',
+        '--train_cls_args=--crop_size 48 --batch_size 4 --max_epoches 1 --val_crop 64 --lr 0.05',
+        '--train_aff_args=--crop_size 72 --batch_size 4 --max_epoches 1',
+        '--train_seg_args=--crop_size 48 --rescale 48 64 --batch_size 4 --max_epoches 1',
+        '--infer_seg_args=--scales 1,0.5']
+SCORE_KEYS = ('cam_miou', 'cam_best_miou', 'crf_la_miou', 'rw_miou', 'seg_miou', 'seg_nocrf_miou')
+RESULT_FILES = ('summary.json', 'report.md', 'report_grid.png')
+
+
+@pytest.fixture(scope='module')
+def voc(tmp_path_factory):
+    return make_voc(str(tmp_path_factory.mktemp('voc')), n_train=8, n_val=4, size=(64, 48), classes=3, seed=0)
+
+
+def pipeline_argv(voc, work_dir, *extra):
+    return ['--work_dir', str(work_dir), '--voc12_root', voc, '--train_list', os.path.join(voc, 'lists', 'train_aug.txt'),
+            '--val_list', os.path.join(voc, 'lists', 'val.txt'), '--cls_labels', os.path.join(voc, 'cls_labels.npy'),
+            *TINY, *extra]
+
+
+@pytest.fixture(scope='module')
+def first_run(voc, tmp_path_factory):
+    """A complete run; tests that change its outputs work on a copy."""
+    work_dir = tmp_path_factory.mktemp('run') / 'work'
+    summary = run_pipeline.main(pipeline_argv(voc, work_dir))
+    return work_dir, summary
+
+
+def artefact_mtimes(work_dir):
+    """{relative path: mtime_ns} of every file under work_dir except the evaluate stage's results."""
+    out = {}
+    for folder, _, files in os.walk(work_dir):
+        for name in files:
+            rel = os.path.relpath(os.path.join(folder, name), work_dir)
+            if rel not in RESULT_FILES:
+                out[rel] = os.stat(os.path.join(folder, name)).st_mtime_ns
+    return out
+
+
+def copy_run(work_dir, dest):
+    shutil.copytree(work_dir, dest)  # copy2 keeps the mtimes
+    return dest
+
+
+def independent_miou(pairs):
+    """mIoU (%) over classes present in GT or prediction, from (gt, pred) label maps, GT 255 ignored."""
+    conf = np.zeros((21, 21), np.int64)
+    for gt, pred in pairs:
+        valid = gt < 255
+        conf += np.bincount(gt[valid].astype(int) * 21 + pred[valid], minlength=21 * 21).reshape(21, 21)
+    tp, union = np.diag(conf), conf.sum(0) + conf.sum(1) - np.diag(conf)
+    return 100 * np.mean(tp[union > 0] / union[union > 0])
+
+
+def test_full_run_writes_summary_report_and_grid(first_run, voc):
+    work_dir, summary = first_run
+    on_disk = json.loads((work_dir / 'summary.json').read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in SCORE_KEYS:
+        assert math.isfinite(on_disk[key]) and 0 <= on_disk[key] <= 100, key
+    assert on_disk['cam_best_miou'] >= on_disk['cam_miou'] - 1e-9  # the sweep includes 0.2
+    assert on_disk['seg_miou'] == on_disk['seg_crf_miou']
+    assert on_disk['status'] == {stage: 'ran' for stage in run_pipeline.STAGES}
+    seconds = on_disk['seconds']
+    assert all(seconds[s] > 0 for s in run_pipeline.SCRIPT_STAGES) and seconds['evaluate'] >= 0
+    assert seconds['total'] >= sum(seconds[s] for s in run_pipeline.STAGES) - 0.05
+
+    text = (work_dir / 'report.md').read_text()
+    assert f"| random walk (AffinityNet) | {on_disk['rw_miou']:.1f} |" in text
+    assert '| train_aff | ran |' in text and 'python train_seg.py ' in text and 'report_grid.png' in text
+    with Image.open(work_dir / 'report_grid.png') as grid:
+        assert grid.size == (5 * report.CELL, report.TITLE_H + 4 * report.CELL)
+        assert len(np.unique(np.asarray(grid.convert('RGB')).reshape(-1, 3), axis=0)) > 20
+
+
+def test_crf_la_score_equals_an_independent_computation(first_run, voc):
+    work_dir, summary = first_run
+    val_ids = (Path(voc) / 'ImageSets' / 'Segmentation' / 'val.txt').read_text().split()
+    pairs = []
+    for i in val_ids:
+        crf = load_dict_npy(str(work_dir / 'crf_la' / f'{i}.npy'))
+        keys = sorted(crf)
+        pred = np.array(keys)[np.argmax([crf[k] for k in keys], 0)]
+        pairs.append((load_label_png(os.path.join(voc, 'SegmentationClass', f'{i}.png')), pred))
+    assert summary['crf_la_miou'] == pytest.approx(independent_miou(pairs), abs=1e-6)
+    pairs = [(gt, load_label_png(str(work_dir / 'rw' / f'{i}.png'))) for (gt, _), i in zip(pairs, val_ids)]
+    assert summary['rw_miou'] == pytest.approx(independent_miou(pairs), abs=1e-6)
+
+
+def test_pass_through_flags_reach_the_stage(first_run):
+    work_dir, _ = first_run
+    log = (work_dir / 'cls' / 'res38_cls.log').read_text()
+    assert "'lr': 0.05" in log and "'val_crop': 64" in log and "'width': 0.125" in log
+    records = json.loads((work_dir / 'stages.json').read_text())
+    assert records['infer_seg']['argv'][0][-2:] == ['--scales', '1,0.5']
+    assert len(records['infer_cls']['argv']) == 2  # the train and the val list
+
+
+def test_rerun_skips_every_stage_and_rewrites_nothing(first_run, voc, capsys):
+    work_dir, first = first_run
+    before = artefact_mtimes(work_dir)
+    summary = run_pipeline.main(pipeline_argv(voc, work_dir))
+    assert artefact_mtimes(work_dir) == before
+    assert summary['status'] == dict({s: 'skipped' for s in run_pipeline.SCRIPT_STAGES}, evaluate='ran')
+    assert all(summary['seconds'][s] is None for s in run_pipeline.SCRIPT_STAGES)
+    assert all(summary[k] == first[k] for k in SCORE_KEYS)
+    out = capsys.readouterr().out
+    assert out.count('outputs complete, skipped') == 6 and '| train_cls | skipped | (' in out
+
+
+def test_from_infer_aff_runs_only_the_later_stages(first_run, voc, tmp_path):
+    work_dir = copy_run(first_run[0], tmp_path / 'work')
+    for folder in ('rw', 'seg', 'seg_pred', 'seg_crf'):
+        shutil.rmtree(work_dir / folder)
+    before = artefact_mtimes(work_dir)
+    summary = run_pipeline.main(pipeline_argv(voc, work_dir, '--from', 'infer_aff'))
+    assert summary['status'] == {'train_cls': 'off', 'infer_cls': 'off', 'train_aff': 'off', 'infer_aff': 'ran',
+                                 'train_seg': 'ran', 'infer_seg': 'ran', 'evaluate': 'ran'}
+    after = artefact_mtimes(work_dir)
+    assert {k: after[k] for k in before if not k.startswith('stages.json')} == \
+        {k: v for k, v in before.items() if not k.startswith('stages.json')}
+    assert len([k for k in after if k.startswith('rw' + os.sep)]) == 12
+
+
+def test_killed_run_continues_missing_images_and_resumes_training(first_run, voc, tmp_path):
+    work_dir = copy_run(first_run[0], tmp_path / 'work')
+    lost = min(os.listdir(work_dir / 'rw'))
+    os.remove(work_dir / 'rw' / lost)
+    os.remove(work_dir / 'seg' / 'res38_seg.pth')  # killed after the last checkpoint, before the final save
+    before = artefact_mtimes(work_dir)
+    summary = run_pipeline.main(pipeline_argv(voc, work_dir, '--to', 'train_seg'))
+    assert summary is None  # evaluate is off
+    after = artefact_mtimes(work_dir)
+    changed = {k for k in after if before.get(k) != after[k]}
+    assert os.path.join('rw', lost) in changed and (work_dir / 'seg' / 'res38_seg.pth').exists()
+    assert not any(k.startswith(('rw' + os.sep, 'cam', 'cls', 'aff')) for k in changed - {os.path.join('rw', lost)})
+    assert 'resumed from' in (work_dir / 'seg' / 'res38_seg.log').read_text()
+
+
+def test_bad_selection_and_wiring_overrides_stop_before_any_stage(voc, tmp_path):
+    work_dir = tmp_path / 'work'
+    with pytest.raises(UserError, match='--out_rw, which the pipeline wires'):
+        run_pipeline.main(pipeline_argv(voc, work_dir, '--infer_aff_args=--out_rw elsewhere'))
+    with pytest.raises(UserError, match='--width, which the pipeline wires'):
+        run_pipeline.main(pipeline_argv(voc, work_dir, '--train_seg_args=--width 0.5'))
+    with pytest.raises(UserError, match='arguments of train_cls do not parse'):
+        run_pipeline.main(pipeline_argv(voc, work_dir, '--train_cls_args=--no_such_flag 1'))
+    with pytest.raises(UserError, match='comes after'):
+        run_pipeline.main(pipeline_argv(voc, work_dir, '--from', 'train_seg', '--to', 'infer_cls'))
+    with pytest.raises(UserError, match='needs the outputs of train_aff'):
+        run_pipeline.main(pipeline_argv(voc, work_dir, '--from', 'infer_aff'))
+    with pytest.raises(UserError, match='--voc12_root'):
+        run_pipeline.main(['--work_dir', str(work_dir)])
+    assert sorted(os.listdir(work_dir)) == []
+
+
+def test_boolean_stage_switches(voc, tmp_path):
+    args = run_pipeline.build_parser().parse_args(['--work_dir', 'w', '--no-train_aff', '--to', 'infer_seg'])
+    assert run_pipeline.selected_stages(args) == ['train_cls', 'infer_cls', 'infer_aff', 'train_seg', 'infer_seg']
+    args = run_pipeline.build_parser().parse_args(['--work_dir', 'w', '--from', 'train_aff', '--no-evaluate'])
+    assert run_pipeline.selected_stages(args) == ['train_aff', 'infer_aff', 'train_seg', 'infer_seg']
+
+
+def test_demo_generates_its_data_once_and_its_settings_parse(tmp_path, monkeypatch):
+    monkeypatch.setitem(run_pipeline.DEMO, 'data', ({'n_train': 4, 'n_val': 2, 'size': 64}, {'n_train': 3}))
+    off = [f'--no-{stage}' for stage in run_pipeline.STAGES]
+    work_dir = tmp_path / 'demo'
+    assert run_pipeline.main(['--demo', '--quick', '--work_dir', str(work_dir), *off]) is None  # argvs checked
+    data = work_dir / 'data'
+    assert json.loads((data / 'demo_params.json').read_text()) == {'n_train': 3, 'n_val': 2, 'size': 64, 'seed': 0}
+    assert len((data / 'lists' / 'train_aug.txt').read_text().split('\n')) == 4
+    stamp = (data / 'cls_labels.npy').stat().st_mtime_ns
+    run_pipeline.main(['--demo', '--quick', '--work_dir', str(work_dir), *off])
+    assert (data / 'cls_labels.npy').stat().st_mtime_ns == stamp
+    with pytest.raises(UserError, match='made with'):
+        run_pipeline.main(['--demo', '--quick', '--seed', '1', '--work_dir', str(work_dir), *off])
+    with pytest.raises(UserError, match='leave out --voc12_root'):
+        run_pipeline.main(['--demo', '--voc12_root', 'x', '--work_dir', str(work_dir)])
+    with pytest.raises(UserError, match='--quick'):
+        run_pipeline.main(['--quick', '--voc12_root', 'x', '--work_dir', str(work_dir)])
+
+
+def test_heat_map_ramp_and_blend():
+    np.testing.assert_array_equal(report.heat_colours(np.array([[0.0, 1.0, 0.5]])),
+                                  [[[0, 0, 128], [255, 0, 0], [0, 255, 255]]])
+    image = np.full((2, 3, 3), 100, np.uint8)
+    blended = report.cam_heatmap(image, {4: np.ones((2, 3), np.float32), 7: np.zeros((2, 3), np.float32)})
+    np.testing.assert_array_equal(blended, np.broadcast_to([178, 50, 50], (2, 3, 3)))
+    np.testing.assert_array_equal(report.cam_heatmap(image, {}), np.broadcast_to([50, 50, 114], (2, 3, 3)))
+    assert report.pick_ids(list('abcdefgh'), 3) == ['a', 'c', 'e'] and report.pick_ids(['a'], 4) == ['a']
