@@ -12,12 +12,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import voc12.data
-from tool.cli import import_network, pick_device, run_main
+from tool.cli import pick_device, run_main
 from tool.imutils import HWC_to_CHW
-from tool.inference import pending_progress
+from tool.inference import load_model, pending_progress
 from tool.io import UserError, atomic_save_png, load_dict_npy, load_image, require_dir
 from tool.randomwalk import propagate_cam
-from tool.weights import load_weights
 
 N_CLASSES = 20
 
@@ -96,25 +95,12 @@ def random_walk_labels(model, img, cam, beta, logt, method, device):
     return label[:h, :w]
 
 
-def load_trained_weights(model, path):
-    """Load weights for inference: every tensor of the network must come from the file (the reference is strict)."""
-    summary = load_weights(model, path)
-    if summary['missing'] or summary['unexpected']:
-        network = type(model).__module__
-        example = (summary['missing_keys'] + summary['unexpected_keys'])[0]
-        raise UserError(f'weights {path} do not fit network {network}: {summary["missing"]} of its tensors missing, '
-                        f'{summary["unexpected"]} unknown (e.g. {example}); pass the <session_name>.pth that '
-                        f'train_aff.py saved for {network}')
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device = torch.device(args.device) if args.device else pick_device()
     ids = voc12.data.load_img_name_list(args.infer_list)
     require_dir(args.cam_dir, 'CAM dicts (--cam_dir)')
-    model = import_network(args.network, **({'width': args.width} if args.width != 1 else {}))
-    load_trained_weights(model, args.weights)
-    model.eval().to(device)
+    model = load_model(args.network, args.weights, device, args.width)
     os.makedirs(args.out_rw, exist_ok=True)
 
     def png_path(name):

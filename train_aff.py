@@ -12,9 +12,9 @@ import torch
 import voc12.data
 from tool import imutils
 from tool.cli import import_network, run_main
-from tool.io import require_dir
+from tool.io import UserError, require_dir
 from tool.train_loop import add_training_args, fit
-from tool.weights import load_weights
+from tool.weights import load_initial_weights
 
 EPS = 1e-5
 
@@ -81,15 +81,13 @@ def batch_loss(model, micro, batch):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.crop_size < 72:
+        raise UserError(f'--crop_size {args.crop_size} is too small: radius-5 pairs need a feature grid of at least '
+                        '9x9, i.e. --crop_size 72 or more')
     require_dir(args.la_crf_dir, 'low-alpha CRF dicts (--la_crf_dir)')
     require_dir(args.ha_crf_dir, 'high-alpha CRF dicts (--ha_crf_dir)')
-    model = import_network(args.network, **({'width': args.width} if args.width != 1 else {}))
-    if args.weights:
-        summary = load_weights(model, args.weights)
-        print(f"loaded {args.weights}: {summary['matched']} tensors, {summary['missing']} not in the file "
-              f"(trained from scratch), {summary['unexpected']} unused")
-    else:
-        print('no --weights: training from the random initialisation')
+    model = import_network(args.network, width=args.width)
+    load_initial_weights(model, args.weights)
     fit(args, model, build_dataset(args, model), batch_loss)
 
 

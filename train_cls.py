@@ -18,7 +18,7 @@ import voc12.data
 from tool import imutils
 from tool.cli import import_network, run_main
 from tool.train_loop import add_training_args, autocast, fit
-from tool.weights import load_weights
+from tool.weights import load_initial_weights
 
 
 def build_parser():
@@ -101,13 +101,8 @@ def make_validate(args, dataset):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    model = import_network(args.network, **({'width': args.width} if args.width != 1 else {}))
-    if args.weights:
-        summary = load_weights(model, args.weights)
-        print(f"loaded {args.weights}: {summary['matched']} tensors, {summary['missing']} not in the file "
-              f"(trained from scratch), {summary['unexpected']} unused")
-    else:
-        print('no --weights: training from the random initialisation')
+    model = import_network(args.network, width=args.width)
+    load_initial_weights(model, args.weights)
     train_set = voc12.data.VOC12ClsDataset(args.train_list, voc12_root=args.voc12_root, cls_labels=args.cls_labels,
                                            transform=TrainTransform(model.normalize, args.crop_size))
     validate = None

@@ -21,7 +21,7 @@ from tool import imutils
 from tool.cli import import_network, run_main
 from tool.io import UserError, require_file
 from tool.train_loop import add_training_args, fit
-from tool.weights import load_weights
+from tool.weights import load_initial_weights
 
 IGNORE = voc12.data.IGNORE
 
@@ -100,13 +100,8 @@ def batch_loss(model, micro, batch):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    model = import_network(args.network, 'SegNet', **({'width': args.width} if args.width != 1 else {}))
-    if args.weights:
-        summary = load_weights(model, args.weights)
-        print(f"loaded {args.weights}: {summary['matched']} tensors, {summary['missing']} not in the file "
-              f"(trained from scratch), {summary['unexpected']} unused")
-    else:
-        print('no --weights: training from the random initialisation')
+    model = import_network(args.network, 'SegNet', width=args.width)
+    load_initial_weights(model, args.weights)
     dataset = build_dataset(args, model)
     check_labels(dataset)
     print(f'{len(dataset)} images with checked pseudo labels from {args.mask_dir}')

@@ -296,7 +296,14 @@ def _expected_random_crop(seed, arr, crop, fill):
     return out
 
 
+def _pad_bottom_right(arr, size, fill):
+    out = np.full((max(size, arr.shape[0]), max(size, arr.shape[1])) + arr.shape[2:], fill, arr.dtype)
+    out[:arr.shape[0], :arr.shape[1]] = arr
+    return out
+
+
 def test_segmentation_dataset_crop_pads_image_0_and_mask_255(voc):
+    """As the seed: pad right/bottom to the crop size first (image 0, mask 255), then a random crop."""
     list_path = os.path.join(voc, 'lists', 'train_aug.txt')
     mask_dir = os.path.join(voc, 'SegmentationClassAug')
     ds = data.SegmentationDataset(list_path, os.path.join(voc, 'JPEGImages'), mask_dir, cropsize=56,
@@ -307,8 +314,10 @@ def test_segmentation_dataset_crop_pads_image_0_and_mask_255(voc):
         jpeg = _jpeg(voc, name).astype(np.float32)
         gt = np.asarray(Image.open(os.path.join(mask_dir, name + '.png')))
         assert img.shape == (3, 56, 56) and img.flags['C_CONTIGUOUS'] and mask.dtype == np.int64
-        np.testing.assert_array_equal(img, _expected_random_crop(seed, jpeg, 56, 0).transpose(2, 0, 1))
-        np.testing.assert_array_equal(mask, _expected_random_crop(seed, gt, 56, 255))
+        expected_img = _expected_random_crop(seed, _pad_bottom_right(jpeg, 56, 0), 56, 0)
+        np.testing.assert_array_equal(img, expected_img.transpose(2, 0, 1))
+        np.testing.assert_array_equal(mask, _expected_random_crop(seed, _pad_bottom_right(gt, 56, 255), 56, 255))
+        assert (mask[gt.shape[0]:] == 255).all()  # 48-pixel-high images: padding at the bottom only
 
 
 def test_segmentation_dataset_full_augmentation(voc):

@@ -12,6 +12,7 @@ import torch
 import train_aff
 from network import resnet38_aff
 from tool import train_loop
+from tool.cli import run_main
 from tool.io import atomic_save_npy, load_label_png
 from voc12.synthetic import make_voc
 
@@ -156,3 +157,11 @@ def test_missing_crf_folder_is_a_one_line_error(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [run.stderr.strip()]
     assert 'nowhere_la' in run.stderr
+
+
+def test_too_small_crop_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(train_aff.main, ['--voc12_root', str(tmp_path), '--la_crf_dir', str(tmp_path),
+                                  '--ha_crf_dir', str(tmp_path), '--crop_size', '64'])
+    assert exit_info.value.code == 2
+    assert 'error: --crop_size 64 is too small' in capsys.readouterr().err

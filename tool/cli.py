@@ -18,8 +18,10 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f'expected a boolean (True/False), got {value!r}')
 
 
-def import_network(module_path, cls='Net', **kwargs):
-    """`importlib.import_module(module_path).<cls>(**kwargs)`, as the reference's --network convention."""
+def import_network(module_path, cls='Net', width=1.0):
+    """`importlib.import_module(module_path).<cls>()`, as the reference's --network convention.
+
+    A `width` other than 1 builds the reduced-width variant (`<cls>(width=width)`)."""
     try:
         module = importlib.import_module(module_path)
     except ModuleNotFoundError as e:
@@ -27,7 +29,7 @@ def import_network(module_path, cls='Net', **kwargs):
                         'use a module path such as network.resnet38_cls')
     if not hasattr(module, cls):
         raise UserError(f'--network {module_path} has no class {cls}; pick a network module that defines it')
-    return getattr(module, cls)(**kwargs)
+    return getattr(module, cls)(**({'width': width} if width != 1 else {}))
 
 
 def pick_device():
@@ -35,12 +37,21 @@ def pick_device():
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 
+def _first_cause(message):
+    """The original one-line message of a UserError re-raised by a DataLoader worker (which wraps it
+    in "Caught UserError in DataLoader worker ... Original Traceback ...")."""
+    if 'Original Traceback' not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split('UserError: ', 1)[-1]
+
+
 def run_main(main, argv=None):
     """Run a stage's main(); bad input ends with 'error: <message>' and exit code 2, no traceback."""
     try:
         return main(argv)
     except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {_first_cause(str(e))}', file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print('interrupted; finished outputs are kept, rerun to continue', file=sys.stderr)

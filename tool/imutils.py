@@ -121,6 +121,14 @@ def crop_with_box(arr, box, cropsize, fill=0):
     return out
 
 
+def pad_bottom_right(arr, size, fill):
+    """Pad an HxW[xC] array with `fill` on the bottom and right up to at least size x size."""
+    pad_h, pad_w = max(size - arr.shape[0], 0), max(size - arr.shape[1], 0)
+    if not pad_h and not pad_w:
+        return arr
+    return np.pad(arr, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (arr.ndim - 2), constant_values=fill)
+
+
 def random_crop(arrays, cropsize, fills):
     """Crop several same-size arrays with one random box, padding each with its fill (image 0, mask 255)."""
     box = random_crop_box(arrays[0].shape[:2], cropsize)

@@ -16,7 +16,7 @@ from tool.cli import import_network, pick_device
 from tool.imutils import HWC_to_CHW, pil_rescale
 from tool.io import UserError, pending
 from tool.train_loop import autocast
-from tool.weights import load_weights
+from tool.weights import load_trained_weights
 
 
 def resolve_device(name=None):
@@ -25,13 +25,9 @@ def resolve_device(name=None):
 
 
 def load_model(network, weights, device, width=1.0, cls='Net'):
-    """The trained network in eval mode on `device`. Unlike training, every key of the network must be
-    in `weights` (the reference loads strictly here), so weights of another network stop with one line."""
-    model = import_network(network, cls, **({'width': width} if width != 1 else {}))
-    summary = load_weights(model, weights)
-    if summary['missing']:
-        raise UserError(f"weights {weights} lack {summary['missing']} tensors of {network} (e.g. "
-                        f"{summary['missing_keys'][0]}); pass weights trained for this network")
+    """The trained network in eval mode on `device`; weights of another network stop with one line."""
+    model = import_network(network, cls, width)
+    load_trained_weights(model, weights)
     return model.eval().to(device)
 
 

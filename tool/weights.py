@@ -94,6 +94,27 @@ def load_weights(model, path):
     return summary
 
 
+def load_initial_weights(model, path):
+    """Training start: load `path` if given (strict=False, as the reference) and print what was loaded."""
+    if not path:
+        print('no --weights: training from the random initialisation')
+        return
+    summary = load_weights(model, path)
+    print(f"loaded {path}: {summary['matched']} tensors, {summary['missing']} not in the file "
+          f"(trained from scratch), {summary['unexpected']} unused")
+
+
+def load_trained_weights(model, path):
+    """Inference: every tensor of the network must come from `path` (the reference loads strictly here)."""
+    summary = load_weights(model, path)
+    if summary['missing'] or summary['unexpected']:
+        network = type(model).__module__
+        example = (summary['missing_keys'] + summary['unexpected_keys'])[0]
+        raise UserError(f'weights {path} do not fit network {network}: {summary["missing"]} of its tensors missing, '
+                        f'{summary["unexpected"]} unknown (e.g. {example}); pass the <session_name>.pth '
+                        f'trained for {network}')
+
+
 def sha256(path):
     digest = hashlib.sha256()
     with open(path, 'rb') as f:

@@ -335,7 +335,9 @@ class SegmentationDataset(Dataset):
         if self.mask_transform:
             mask = self.mask_transform(mask)
         img = np.asarray(img)
-        if self.cropsize:
+        if self.cropsize:  # the seed pads right/bottom first, so a small image sits top-left in the crop
+            img = imutils.pad_bottom_right(img, self.cropsize, 0)
+            mask = imutils.pad_bottom_right(mask, self.cropsize, IGNORE)
             img, mask = imutils.random_crop([img, mask], self.cropsize, (0, IGNORE))
         return name, np.ascontiguousarray(imutils.HWC_to_CHW(img)), mask.astype(np.int64)
 
