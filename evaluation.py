@@ -91,14 +91,15 @@ def _percent(scores):
     return out
 
 
-def evaluate(ids, predict_dir, gt_dir, type='png', thresholds=None, workers=None, num_classes=21):
+def evaluate(ids, predict_dir, gt_dir, type='png', thresholds=None, workers=None, num_classes=21, absent='zero'):
     """Score the predictions of `ids` against `gt_dir/<id>.png`.
 
     type 'png': label PNGs `predict_dir/<id>.png`. type 'npy': CAM dicts `predict_dir/<id>.npy` scored at
     each background score in `thresholds` (default (0.2,)); the returned scores are those of the best one,
     with 'threshold' and 'curve' ([(t, mIoU %)] for every threshold) added.
     Returns the keys of tool.metrics.scores_from_confusion (IoU, precision, recall, FP/ALL, FN/ALL and
-    their means in percent; per class as lists, NaN for a class absent from GT and prediction) plus
+    their means in percent; per class as lists; `absent` says how a class absent from GT and prediction
+    counts, see scores_from_confusion) plus
     'confusion' (n x n counts) and 'num_images'. workers: processes decoding in parallel (0/1: in-process).
     """
     if type not in ('png', 'npy'):
@@ -115,12 +116,12 @@ def evaluate(ids, predict_dir, gt_dir, type='png', thresholds=None, workers=None
     jobs = [(chunk, predict_dir, gt_dir, type, thresholds, num_classes) for chunk in split_ids(ids, workers)]
     confusion = _confusions(jobs, workers)
     if type == 'png':
-        return {**_percent(metrics.scores_from_confusion(confusion)), 'confusion': confusion,
+        return {**_percent(metrics.scores_from_confusion(confusion, absent)), 'confusion': confusion,
                 'num_images': len(ids)}
 
-    curve = [(t, metrics.scores_from_confusion(conf)['miou'] * 100) for t, conf in zip(thresholds, confusion)]
+    curve = [(t, metrics.scores_from_confusion(conf, absent)['miou'] * 100) for t, conf in zip(thresholds, confusion)]
     best = int(np.argmax(np.nan_to_num([m for _, m in curve], nan=-1.0)))  # first best: lowest t
-    return {**_percent(metrics.scores_from_confusion(confusion[best])), 'confusion': confusion[best],
+    return {**_percent(metrics.scores_from_confusion(confusion[best], absent)), 'confusion': confusion[best],
             'num_images': len(ids), 'threshold': thresholds[best], 'curve': curve}
 
 
@@ -192,6 +193,9 @@ def build_parser():
     p.add_argument('--curve_out', default=None, type=str,
                    help='path prefix of the curve .csv/.png (default: <logfile without extension>_curve)')
     p.add_argument('--num_classes', default=21, type=int)
+    p.add_argument('--absent_classes', choices=['zero', 'skip'], default='zero',
+                   help='a class absent from GT and prediction: IoU 0 in the mean (zero, the reference) or left '
+                        'out (skip, for datasets that use fewer classes)')
     p.add_argument('--workers', default=default_workers(), type=int,
                    help='processes decoding images in parallel (0: in the main process)')
     return p
@@ -226,7 +230,8 @@ def main(argv=None):
 
     print(f'evaluating {args.predict_dir} ({args.type}) against {args.gt_dir}, '
           f'list {args.list} ({len(ids)} images)')
-    result = evaluate(ids, args.predict_dir, args.gt_dir, args.type, thresholds, args.workers, args.num_classes)
+    result = evaluate(ids, args.predict_dir, args.gt_dir, args.type, thresholds, args.workers, args.num_classes,
+                      args.absent_classes)
     if args.curve:
         print('oracle curve: the background score is picked against the ground truth')
         for k, (t, miou) in enumerate(result['curve']):

@@ -362,6 +362,11 @@ def crf_dict_label(crf):
     return np.asarray(keys, np.uint8)[np.argmax(np.stack([crf[k] for k in keys]), 0)]
 
 
+# Classes absent from both the val masks and the predictions are left out of the mean (the demo uses a few
+# classes; on VOC every class occurs, so this equals the reference's score).
+ABSENT = 'skip'
+
+
 def crf_la_miou(lay, gt_dir):
     """mIoU (%) of the argmax of the val images' la CRF dicts."""
     confusion = 0
@@ -369,7 +374,7 @@ def crf_la_miou(lay, gt_dir):
         gt_path, crf_path = os.path.join(gt_dir, f'{i}.png'), lay.path('crf_la', f'{i}.npy')
         confusion = confusion + metrics.label_confusion(load_label_png(gt_path), crf_dict_label(load_dict_npy(crf_path)),
                                                         21, gt_path, crf_path)
-    return metrics.scores_from_confusion(confusion)['miou'] * 100
+    return metrics.scores_from_confusion(confusion, ABSENT)['miou'] * 100
 
 
 def present(lay, folder, ext):
@@ -383,14 +388,15 @@ def evaluate_outputs(args, lay):
     def png(folder):
         if not present(lay, folder, 'png'):
             return None
-        return evaluation.evaluate(lay.val_ids, lay.path(folder), args.gt_dir, 'png', workers=workers)['miou']
+        return evaluation.evaluate(lay.val_ids, lay.path(folder), args.gt_dir, 'png', workers=workers,
+                                   absent=ABSENT)['miou']
 
     scores = {'cam_miou': png('cam_pred'), 'cam_best_miou': None, 'cam_best_threshold': None,
               'crf_la_miou': crf_la_miou(lay, args.gt_dir) if present(lay, 'crf_la', 'npy') else None,
               'rw_miou': png('rw'), 'seg_nocrf_miou': png('seg_pred'), 'seg_crf_miou': png('seg_crf')}
     if present(lay, 'cam', 'npy'):
         best = evaluation.evaluate(lay.val_ids, lay.path('cam'), args.gt_dir, 'npy',
-                                   thresholds=evaluation.CURVE_THRESHOLDS, workers=workers)
+                                   thresholds=evaluation.CURVE_THRESHOLDS, workers=workers, absent=ABSENT)
         scores['cam_best_miou'], scores['cam_best_threshold'] = best['miou'], best['threshold']
     scores['seg_miou'] = scores['seg_crf_miou'] if args.seg_crf else scores['seg_nocrf_miou']
     return {k: (None if v is None or math.isnan(v) else float(v)) for k, v in scores.items()}

@@ -127,7 +127,7 @@ def test_label_confusion_of_noise_equals_masked_bincount():
 def test_scores_equal_independent_counts(pairs):
     gts, preds = pairs
     conf = sum(metrics.label_confusion(g, p, N) for g, p in zip(gts, preds))
-    scores = metrics.scores_from_confusion(conf)
+    scores = metrics.scores_from_confusion(conf, absent='skip')
     expected = independent_scores(gts, preds)
     assert_scores_equal(scores, expected, scale=1)
     assert np.isnan(scores['iou'][7]) and scores['iou'][5] == 0 and scores['iou'][9] == 0
@@ -135,6 +135,24 @@ def test_scores_equal_independent_counts(pairs):
     present = ~np.isnan(scores['iou'])
     total = scores['iou'] + scores['fp_all'] + scores['fn_all']
     np.testing.assert_allclose(total[present], 1)
+
+
+def test_absent_classes_count_as_zero_by_default_like_the_reference(pairs):
+    """The reference: IoU_c = TP / (T + P - TP + 1e-10) for all 21 classes, mIoU their plain mean."""
+    gts, preds = pairs
+    conf = sum(metrics.label_confusion(g, p, N) for g, p in zip(gts, preds))
+    tp, t, p = np.zeros(N), np.zeros(N), np.zeros(N)
+    for gt, pred in zip(gts, preds):
+        valid = (gt < 255) & (pred < 255)
+        for c in range(N):
+            t[c] += np.sum((gt == c) & valid)
+            p[c] += np.sum((pred == c) & valid)
+            tp[c] += np.sum((gt == c) & (pred == c) & valid)
+    reference_iou = tp / (t + p - tp + 1e-10)
+    scores = metrics.scores_from_confusion(conf)
+    assert (t + p == 0).any()  # the fixture has a class absent from both
+    np.testing.assert_allclose(scores['iou'], reference_iou, atol=1e-9)
+    assert abs(scores['miou'] - reference_iou.mean()) < 1e-9
 
 
 def test_inf_ratio_for_class_never_predicted_right():
@@ -162,7 +180,7 @@ def test_cam_to_label_matches_reference_argmax(t):
 def test_evaluate_png_equals_independent(pairs, tmp_path, workers):
     gts, preds = pairs
     ids, pred_dir, gt_dir = write_pairs(tmp_path, gts, preds)
-    result = evaluation.evaluate(ids, pred_dir, gt_dir, 'png', workers=workers)
+    result = evaluation.evaluate(ids, pred_dir, gt_dir, 'png', workers=workers, absent='skip')
     assert_scores_equal(result, independent_scores(gts, preds))
     assert result['num_images'] == len(ids) and result['confusion'].shape == (N, N)
 
@@ -183,7 +201,7 @@ def cam_pairs():
 def test_evaluate_npy_equals_independent_argmax(cam_pairs, tmp_path):
     gts, cams = cam_pairs
     ids, pred_dir, gt_dir = write_pairs(tmp_path, gts, cams, ext='npy')
-    result = evaluation.evaluate(ids, pred_dir, gt_dir, 'npy', thresholds=[0.3], workers=0)
+    result = evaluation.evaluate(ids, pred_dir, gt_dir, 'npy', thresholds=[0.3], workers=0, absent='skip')
     preds = [reference_cam_label(c, 0.3, g.shape) for g, c in zip(gts, cams)]
     assert_scores_equal(result, independent_scores(gts, preds))
     assert result['threshold'] == 0.3
@@ -192,7 +210,8 @@ def test_evaluate_npy_equals_independent_argmax(cam_pairs, tmp_path):
 def test_curve_best_threshold_equals_best_independent_evaluation(cam_pairs, tmp_path):
     gts, cams = cam_pairs
     ids, pred_dir, gt_dir = write_pairs(tmp_path, gts, cams, ext='npy')
-    result = evaluation.evaluate(ids, pred_dir, gt_dir, 'npy', thresholds=evaluation.CURVE_THRESHOLDS, workers=2)
+    result = evaluation.evaluate(ids, pred_dir, gt_dir, 'npy', thresholds=evaluation.CURVE_THRESHOLDS, workers=2,
+                                 absent='skip')
     independent = [independent_scores(gts, [reference_cam_label(c, t, g.shape) for g, c in zip(gts, cams)])['miou']
                    for t in evaluation.CURVE_THRESHOLDS]
     np.testing.assert_allclose([m for _, m in result['curve']], np.array(independent) * 100, atol=1e-4)
@@ -278,7 +297,7 @@ def test_cli_prints_miou_and_appends_log(voc, tmp_path):
     log = tmp_path / 'logs' / 'eval.txt'
     args = ['--list', os.path.join(root, 'ImageSets', 'Segmentation', 'val.txt'), '--predict_dir',
             os.path.join(root, 'pred'), '--gt_dir', os.path.join(root, 'SegmentationClass'),
-            '--logfile', str(log), '--workers', '2']
+            '--logfile', str(log), '--workers', '2', '--absent_classes', 'skip']
     done = run_cli(*args, '--comment', 'first run')
     assert done.returncode == 0, done.stderr
     assert f'mIoU {expected["miou"] * 100:8.3f}' in done.stdout

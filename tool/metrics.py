@@ -127,12 +127,13 @@ def _ratio(num, den):
     return np.divide(num, den, out=out, where=den > 0)
 
 
-def scores_from_confusion(conf):
+def scores_from_confusion(conf, absent='zero'):
     """Scores of a confusion matrix, as fractions.
 
     Per class: iou = TP / (T + P - TP), precision TP/P, recall TP/T, t_tp, p_tp, fp_all = (P - TP) / union,
-    fn_all = (T - TP) / union. A class absent from both ground truth and prediction has NaN scores and is
-    left out of the means (the reference scores it 0; on VOC every class occurs, so the numbers agree).
+    fn_all = (T - TP) / union. A class absent from both ground truth and prediction scores 0 and counts in
+    the means with absent='zero' (the reference); with absent='skip' it is NaN and left out of the means
+    (for datasets with fewer classes; on VOC every class occurs, so both agree).
     Means: miou over all classes; t_tp, p_tp, fp_all, fn_all and fg_miou over the foreground classes 1..
     """
     conf = np.asarray(conf, np.float64)
@@ -150,8 +151,10 @@ def scores_from_confusion(conf):
         'fp_all': (p - tp) / np.where(present, union, 1),
         'fn_all': (t - tp) / np.where(present, union, 1),
     }
+    if absent not in ('zero', 'skip'):
+        raise ValueError(f"absent must be 'zero' or 'skip', got {absent!r}")
     for values in per_class.values():
-        values[~present] = np.nan
+        values[~present] = np.nan if absent == 'skip' else 0.0
     fg = slice(1, None)
     return {
         **per_class,
