@@ -97,7 +97,7 @@ def random_walk_labels(model, img, cam, beta, logt, method, device):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    device = torch.device(args.device) if args.device else pick_device()
+    device = pick_device(args.device)
     ids = voc12.data.load_img_name_list(args.infer_list)
     require_dir(args.cam_dir, 'CAM dicts (--cam_dir)')
     model = load_model(args.network, args.weights, device, args.width)

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 import voc12.data
 from tool import imutils
-from tool.cli import run_main
-from tool.inference import CrfPool, load_model, msf_forward, pending_progress, resolve_device
+from tool.cli import pick_device, run_main
+from tool.inference import CrfPool, load_model, msf_forward, pending_progress
 from tool.io import UserError, atomic_save_npy, atomic_save_png, load_image, require_dir
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -97,7 +97,7 @@ def main(argv=None):
     if missing:
         raise UserError(f'{len(missing)} images of {args.infer_list} are missing, e.g. '
                         f'{voc12.data.get_img_path(missing[0], args.voc12_root)} (check --voc12_root and --infer_list)')
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     model = load_model(args.network, args.weights, device, args.width)
     print(f'infer_cls on {device}: {len(ids)} images of {args.infer_list}')
 

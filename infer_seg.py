@@ -20,8 +20,8 @@ import torch
 
 import voc12.data
 from tool import imutils
-from tool.cli import run_main
-from tool.inference import CrfPool, load_model, msf_forward, pending_progress, resolve_device
+from tool.cli import pick_device, run_main
+from tool.inference import CrfPool, load_model, msf_forward, pending_progress
 from tool.io import UserError, atomic_save_png, load_image, require_dir
 
 SCALES = (1.0, 0.5, 0.75, 1.25, 1.5)
@@ -79,7 +79,7 @@ def main(argv=None):
         raise UserError('nothing to write: give --output (argmax labels) and/or --output_crf (CRF-refined labels)')
     ids = voc12.data.load_img_name_list(args.infer_list)
     require_dir(args.image_dir, 'images (--image_dir)')
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     model = load_model(args.network, args.weights, device, args.width, cls='SegNet')
     print(f'infer_seg on {device}: {len(ids)} images of {args.infer_list}, scales {args.scales} + flips')
 

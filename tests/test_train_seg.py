@@ -154,9 +154,9 @@ def calibrated_init(path, pairs):
 
 
 def miou(predict, pairs):
-    """mIoU (percent) of `predict(img) -> HxW labels` against the training masks, one confusion matrix."""
+    """mIoU (percent, classes of the set only) of `predict(img) -> HxW labels` against the training masks."""
     conf = sum(metrics.label_confusion(mask, predict(img).astype(np.uint8), 21) for img, mask in pairs)
-    return 100 * metrics.scores_from_confusion(conf)['miou']
+    return 100 * metrics.scores_from_confusion(conf, absent='skip')['miou']
 
 
 def net_predictor(state):

@@ -1,6 +1,7 @@
 """Command-line plumbing shared by the stage scripts."""
 import argparse
 import importlib
+import os
 import sys
 
 from tool.io import UserError
@@ -32,9 +33,14 @@ def import_network(module_path, cls='Net', width=1.0):
     return getattr(module, cls)(**({'width': width} if width != 1 else {}))
 
 
-def pick_device():
+def pick_device(name=None):
+    """torch.device(name); by default the GPU of this process (LOCAL_RANK under torchrun) or the CPU."""
     import torch
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    return torch.device('cpu')
 
 
 def _first_cause(message):

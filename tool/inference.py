@@ -3,25 +3,21 @@
 - `msf_forward`: multi-scale + flip forward of one image, the flip batched with its scale.
 - `CrfPool`: dense CRF (or any CPU job) in worker processes while the network works on the next image.
 - `pending_progress`: the resumable per-image loop (skip finished ids, progress bar with ETA).
-- `load_model`, `resolve_device`: the trained network on the chosen device.
+- `load_model`: the trained network on the chosen device.
 """
 import multiprocessing
+import os
 from collections import deque
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tool.cli import import_network, pick_device
+from tool.cli import import_network
 from tool.imutils import HWC_to_CHW, pil_rescale
 from tool.io import UserError, pending
 from tool.train_loop import autocast
 from tool.weights import load_trained_weights
-
-
-def resolve_device(name=None):
-    """torch.device(name), or cuda when available and cpu otherwise."""
-    return torch.device(name) if name else pick_device()
 
 
 def load_model(network, weights, device, width=1.0, cls='Net'):
@@ -57,7 +53,12 @@ def msf_forward(forward, image, scales, normalize, device, out_size=None, amp='n
 
 
 def pending_progress(ids, out_paths, overwrite=False, desc='images'):
-    """The ids still to do (all with `overwrite`) wrapped in a progress bar with ETA."""
+    """The ids still to do (all with `overwrite`) wrapped in a progress bar with ETA.
+
+    Under torchrun each process takes every WORLD_SIZE-th id starting at its RANK.
+    """
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    ids = list(ids)[rank::world]
     todo = pending(ids, out_paths, overwrite)
     if len(todo) < len(ids):
         print(f'{len(ids) - len(todo)} of {len(ids)} images already have all outputs; skipping them '

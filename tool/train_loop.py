@@ -187,23 +187,80 @@ class TrainLog:
         sys.stdout = self.stdout
 
 
+class Distributed:
+    """torchrun support: one process per GPU (gloo on the CPU); a single process without torchrun.
+
+    Each rank takes batch_size / world_size images of every batch; DistributedDataParallel averages the
+    gradients, which for a loss that is a mean over the batch's images equals the single-process step
+    (train_aff's and train_seg's pair / pixel counts are normalised per rank instead).
+    """
+
+    def __init__(self, args):
+        self.world = int(os.environ.get('WORLD_SIZE', 1))
+        self.rank = int(os.environ.get('RANK', 0))
+        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        if self.world == 1:
+            self.device = pick_device(args.device)
+            return
+        if args.batch_size % self.world:
+            raise UserError(f'--batch_size {args.batch_size} does not split over {self.world} processes; '
+                            'pick a multiple of the torchrun --nproc_per_node')
+        use_cuda = torch.cuda.is_available() and args.device != 'cpu'
+        self.device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
+        if use_cuda:
+            torch.cuda.set_device(self.device)
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group('nccl' if use_cuda else 'gloo')
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def wrap(self, model):
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+
+    def loader(self, dataset, args, seed, collate_fn):
+        sampler = None
+        if self.world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+            sampler = DistributedSampler(dataset, self.world, self.rank, shuffle=True, seed=seed, drop_last=True)
+        return DataLoader(dataset, batch_size=args.batch_size // self.world, shuffle=sampler is None,
+                          sampler=sampler, num_workers=args.num_workers, pin_memory=self.device.type == 'cuda',
+                          drop_last=True, worker_init_fn=_seed_worker, collate_fn=collate_fn)
+
+
+def _log_window(log, meter, step, max_step, imps, timer, lr):
+    means = {k: float(np.mean(v)) for k, v in meter.items()}
+    tqdm.write(f'Iter:{step:5d}/{max_step:5d} ' + ' '.join(f'{k}:{v:.4f}' for k, v in means.items())
+               + f' imps:{imps:.1f} Fin:{timer.str_est_finish()} ETA:{timer.str_eta()} lr:{lr:.7f}')
+    log.scalars({**{f'train/{k}': v for k, v in means.items()}, 'train/imps': imps, 'train/lr': lr}, step)
+
+
 def fit(args, model, dataset, batch_loss, validate=None, collate_fn=None):
     """Train `model` on `dataset` with the reference's PolyOptimizer; save `<session_name>.pth`.
 
-    `validate(model)` (optional) runs after each epoch and returns a dict of floats to log.
+    `validate(model)` (optional) runs after each epoch and returns a dict of floats to log. Under torchrun
+    every process trains its share of each batch and only rank 0 logs and saves.
     """
-    device = torch.device(args.device) if args.device else pick_device()
+    dist = Distributed(args)
+    device = dist.device
     if len(dataset) < args.batch_size:
         raise UserError(f'the training list has {len(dataset)} images, fewer than --batch_size {args.batch_size}')
-    log = TrainLog(args.session_name, args.tblog_dir)
-    print(vars(args))
+    log = TrainLog(args.session_name, args.tblog_dir) if dist.main else None
+    if dist.main:
+        print(vars(args), f'world size {dist.world}' if dist.world > 1 else '')
     model = model.to(device)
-    steps_per_epoch = len(dataset) // args.batch_size
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
+    loader = dist.loader(dataset, args, seed, collate_fn)
+    steps_per_epoch = len(loader)
     max_step = steps_per_epoch * args.max_epoches
     optimizer = PolyOptimizer(parameter_groups(model, args.lr, args.wt_dec), lr=args.lr, weight_decay=args.wt_dec,
                               max_step=max_step, sgd_momentum=args.sgd_momentum)
     scaler = torch.amp.GradScaler('cuda') if args.amp == 'fp16' else None
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
     start_epoch = 0
     if args.resume:
         start_epoch, seed = _resume(args.resume, model, optimizer, scaler)
@@ -211,41 +268,41 @@ def fit(args, model, dataset, batch_loss, validate=None, collate_fn=None):
     else:
         seed_everything(seed)
         print(f'seed {seed}')
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
-                        pin_memory=device.type == 'cuda', drop_last=True, worker_init_fn=_seed_worker,
-                        collate_fn=collate_fn, persistent_workers=False)
+    trained = dist.wrap(model)
     state = {'micro_batch': args.micro_batch, 'auto_micro': args.micro_batch == 0 and device.type == 'cuda'}
     try:
         timer = Timer()
-        model.train()
+        trained.train()
         done_steps = start_epoch * steps_per_epoch
         for epoch in range(start_epoch, args.max_epoches):
+            if loader.sampler is not None and hasattr(loader.sampler, 'set_epoch'):
+                loader.sampler.set_epoch(epoch)
             meter, window_start = {}, time.time()
-            bar = tqdm(loader, total=steps_per_epoch, desc=f'epoch {epoch + 1}/{args.max_epoches}', leave=False)
+            bar = tqdm(loader, total=steps_per_epoch, desc=f'epoch {epoch + 1}/{args.max_epoches}', leave=False,
+                       disable=not dist.main)
             for batch in bar:
-                logs = _train_step(model, optimizer, batch, batch_loss, state, device, args.amp, scaler)
+                logs = _train_step(trained, optimizer, batch, batch_loss, state, device, args.amp, scaler)
                 for k, v in logs.items():
                     meter.setdefault(k, []).append(v)
                 step = optimizer.global_step
                 bar.set_postfix(loss=f'{logs.get("loss", 0.0):.4f}')
-                if step % args.log_interval == 0 or step == max_step:
+                if dist.main and (step % args.log_interval == 0 or step == max_step):
                     timer.update_progress((step - done_steps) / max(max_step - done_steps, 1))
-                    means = {k: float(np.mean(v)) for k, v in meter.items()}
                     imps = len(meter['loss']) * args.batch_size / max(time.time() - window_start, 1e-9)
-                    lr = optimizer.param_groups[0]['lr']
-                    tqdm.write(f'Iter:{step:5d}/{max_step:5d} ' + ' '.join(f'{k}:{v:.4f}' for k, v in means.items())
-                               + f' imps:{imps:.1f} Fin:{timer.str_est_finish()} ETA:{timer.str_eta()} lr:{lr:.7f}')
-                    log.scalars({**{f'train/{k}': v for k, v in means.items()}, 'train/imps': imps, 'train/lr': lr}, step)
+                    _log_window(log, meter, step, max_step, imps, timer, optimizer.param_groups[0]['lr'])
                     meter, window_start = {}, time.time()
-            if validate is not None:
+            if validate is not None and dist.main:
                 model.eval()
                 val_logs = validate(model)
                 model.train()
                 print(f'epoch {epoch + 1} validation: ' + ' '.join(f'{k}:{v:.4f}' for k, v in val_logs.items()))
                 log.scalars({f'val/{k}': v for k, v in val_logs.items()}, optimizer.global_step)
-            save_checkpoint(args.session_name + '.ckpt.pth', model, optimizer, epoch + 1, seed, scaler)
-        atomic_torch_save(args.session_name + '.pth', model.state_dict())
-        print(f'saved {args.session_name}.pth')
+            if dist.main:
+                save_checkpoint(args.session_name + '.ckpt.pth', model, optimizer, epoch + 1, seed, scaler)
+        if dist.main:
+            atomic_torch_save(args.session_name + '.pth', model.state_dict())
+            print(f'saved {args.session_name}.pth')
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     return model
