@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import voc12.data
 from tool import imutils
-from tool.cli import pick_device, run_main
+from tool.cli import pick_device, run_main, scale_list
 from tool.inference import CrfPool, load_model, msf_forward, pending_progress
 from tool.io import UserError, atomic_save_npy, atomic_save_png, load_image, require_dir
 
@@ -49,16 +49,18 @@ def build_parser():
     parser.add_argument('--width', default=1.0, type=float, help='backbone width multiplier the weights were trained with')
     parser.add_argument('--overwrite', action='store_true', help='redo images whose outputs already exist')
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
+    parser.add_argument('--scales', default=SCALES, type=scale_list,
+                        help="comma-separated scales, each also flipped (default: the reference's 1,0.5,1.5,2.0)")
     parser.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none',
                         help='mixed-precision forward (fp16 needs CUDA)')
     return parser
 
 
-def normalized_cam(model, img, label, device, amp='none'):
-    """(20, H, W) float32: the label-masked sum of the 8 multi-scale + flip CAMs, each class divided by
+def normalized_cam(model, img, label, device, amp='none', scales=SCALES):
+    """(20, H, W) float32: the label-masked sum of the multi-scale + flip CAMs, each class divided by
     (its max + 1e-5)."""
     label = torch.from_numpy(label).to(device).view(-1, 1, 1)
-    cam = msf_forward(model.forward_cam, img, SCALES, model.normalize, device, amp=amp, sum_outputs=True) * label
+    cam = msf_forward(model.forward_cam, img, scales, model.normalize, device, amp=amp, sum_outputs=True) * label
     return (cam / (cam.amax(dim=(1, 2), keepdim=True) + 1e-5)).cpu().numpy()
 
 
@@ -112,7 +114,7 @@ def main(argv=None):
     with CrfPool(workers) as pool:
         for name in todo:
             img = load_image(voc12.data.get_img_path(name, args.voc12_root))
-            norm_cam = normalized_cam(model, img, labels[name], device, args.amp)
+            norm_cam = normalized_cam(model, img, labels[name], device, args.amp, args.scales)
             cam_dict = {k: norm_cam[k] for k in range(len(norm_cam)) if labels[name][k] > 1e-5}
             if not cam_dict:
                 tqdm.write(f'warning: {name} has no class in its image-level label; its CAM dict is empty and its '

@@ -20,22 +20,12 @@ import torch
 
 import voc12.data
 from tool import imutils
-from tool.cli import pick_device, run_main
+from tool.cli import pick_device, run_main, scale_list
 from tool.inference import CrfPool, load_model, msf_forward, pending_progress
 from tool.io import UserError, atomic_save_png, load_image, require_dir
 
 SCALES = (1.0, 0.5, 0.75, 1.25, 1.5)
 CRF_PARAMS = {'t': 10, 'gauss_sxy': 3, 'gauss_compat': 3, 'bi_sxy': 83, 'bi_srgb': 5, 'bi_compat': 4}
-
-
-def scale_list(text):
-    try:
-        scales = tuple(float(s) for s in text.split(','))
-    except ValueError:
-        scales = ()
-    if not scales or min(scales) <= 0:
-        raise argparse.ArgumentTypeError(f'expected comma-separated positive scales such as 1,0.5,1.5, got {text!r}')
-    return scales
 
 
 def build_parser():

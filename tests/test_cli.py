@@ -41,3 +41,11 @@ def test_worker_error_prints_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2
     assert err == 'error: corrupt image /data/x.jpg: OSError (re-download or remove it from the list)'
+
+
+def test_scale_list():
+    from tool.cli import scale_list
+    assert scale_list('1,0.5,1.5') == (1.0, 0.5, 1.5)
+    for bad in ('', '1,,2', '0,1', 'a'):
+        with pytest.raises(argparse.ArgumentTypeError):
+            scale_list(bad)

@@ -78,6 +78,7 @@ def test_readme_commands_parse_with_reference_defaults():
     defaults = infer_cls.build_parser().parse_args(['--weights', 'w.pth', '--voc12_root', 'V'])
     assert (defaults.network, defaults.infer_list) == ('network.vgg16_cls', 'voc12/train.txt')
     assert defaults.out_cam is defaults.out_la_crf is defaults.out_ha_crf is defaults.out_cam_pred is None
+    assert defaults.scales == (1.0, 0.5, 1.5, 2.0)
 
 
 def test_cam_dicts_are_the_normalised_multiscale_flip_sum(data, run):

@@ -19,6 +19,17 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f'expected a boolean (True/False), got {value!r}')
 
 
+def scale_list(text):
+    """argparse type for --scales: comma-separated positive floats."""
+    try:
+        scales = tuple(float(s) for s in text.split(','))
+    except ValueError:
+        scales = ()
+    if not scales or min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f'expected comma-separated positive scales such as 1,0.5,1.5, got {text!r}')
+    return scales
+
+
 def import_network(module_path, cls='Net', width=1.0):
     """`importlib.import_module(module_path).<cls>()`, as the reference's --network convention.
 
