@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import voc12.data
-from tool.cli import pick_device, run_main
+from tool.cli import add_network_args, pick_device, run_main
 from tool.imutils import HWC_to_CHW
 from tool.inference import load_model, pending_progress
 from tool.io import UserError, atomic_save_png, load_dict_npy, load_image, require_dir
@@ -38,8 +38,7 @@ def build_parser():
                              "'dense': the reference's dense HW x HW squaring (slow, memory-hungry; the oracle)")
     parser.add_argument('--overwrite', action='store_true', help='redo images whose PNG exists')
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
-    parser.add_argument('--width', default=1.0, type=float,
-                        help='backbone width multiplier (1 = the reference network; must match the weights)')
+    add_network_args(parser)
     return parser
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import voc12.data
 from tool import imutils
-from tool.cli import pick_device, run_main, scale_list
+from tool.cli import add_network_args, pick_device, run_main, scale_list
 from tool.inference import CrfPool, load_model, msf_forward, pending_progress
 from tool.io import UserError, atomic_save_npy, atomic_save_png, load_image, require_dir
 
@@ -46,7 +46,7 @@ def build_parser():
     parser.add_argument('--out_cam_pred', default=None, type=str)
     parser.add_argument('--cls_labels', default=None,
                         help='image-level labels .npy (default: voc12/cls_labels.npy beside the code)')
-    parser.add_argument('--width', default=1.0, type=float, help='backbone width multiplier the weights were trained with')
+    add_network_args(parser)
     parser.add_argument('--overwrite', action='store_true', help='redo images whose outputs already exist')
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
     parser.add_argument('--scales', default=SCALES, type=scale_list,

@@ -20,7 +20,7 @@ import torch
 
 import voc12.data
 from tool import imutils
-from tool.cli import pick_device, run_main, scale_list
+from tool.cli import add_network_args, pick_device, run_main, scale_list
 from tool.inference import CrfPool, load_model, msf_forward, pending_progress
 from tool.io import UserError, atomic_save_png, load_image, require_dir
 
@@ -41,8 +41,7 @@ def build_parser():
     parser.add_argument('--output_crf', default=None, type=str, help='folder for the CRF-refined label PNGs')
     parser.add_argument('--scales', default=SCALES, type=scale_list,
                         help='comma-separated scales, each also flipped (default: the seed\'s 1,0.5,0.75,1.25,1.5)')
-    parser.add_argument('--width', default=1.0, type=float,
-                        help='backbone width multiplier the weights were trained with')
+    add_network_args(parser)
     parser.add_argument('--overwrite', action='store_true', help='redo images whose outputs already exist')
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
     parser.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none',

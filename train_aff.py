@@ -37,8 +37,6 @@ def build_parser():
     parser.add_argument('--voc12_root', required=True, type=str)
     parser.add_argument('--la_crf_dir', required=True, type=str, help='low-alpha CRF dicts of infer_cls')
     parser.add_argument('--ha_crf_dir', required=True, type=str, help='high-alpha CRF dicts of infer_cls')
-    parser.add_argument('--width', default=1.0, type=float,
-                        help='backbone width multiplier (1 = the reference network; the demo uses less)')
     add_training_args(parser)
     return parser
 
@@ -86,7 +84,7 @@ def main(argv=None):
                         '9x9, i.e. --crop_size 72 or more')
     require_dir(args.la_crf_dir, 'low-alpha CRF dicts (--la_crf_dir)')
     require_dir(args.ha_crf_dir, 'high-alpha CRF dicts (--ha_crf_dir)')
-    model = import_network(args.network, width=args.width)
+    model = import_network(args.network, width=args.width, scratch=args.scratch)
     load_initial_weights(model, args.weights)
     fit(args, model, build_dataset(args, model), batch_loss)
 

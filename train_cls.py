@@ -40,8 +40,6 @@ def build_parser():
     parser.add_argument('--voc12_root', required=True, type=str)
     parser.add_argument('--cls_labels', default=None,
                         help='image-level labels .npy (default: voc12/cls_labels.npy beside the code)')
-    parser.add_argument('--width', default=1.0, type=float,
-                        help='backbone width multiplier (1 = the reference network; the demo uses less)')
     parser.add_argument('--val_crop', default=500, type=int, help='centre crop of the validation images')
     add_training_args(parser)
     return parser
@@ -101,7 +99,7 @@ def make_validate(args, dataset):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    model = import_network(args.network, width=args.width)
+    model = import_network(args.network, width=args.width, scratch=args.scratch)
     load_initial_weights(model, args.weights)
     train_set = voc12.data.VOC12ClsDataset(args.train_list, voc12_root=args.voc12_root, cls_labels=args.cls_labels,
                                            transform=TrainTransform(model.normalize, args.crop_size))

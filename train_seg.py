@@ -46,8 +46,6 @@ def build_parser():
     parser.add_argument('--database', default='voc', choices=['voc'], help='dataset layout (only voc, as the seed)')
     parser.add_argument('--rescale', default=[448, 768], type=int, nargs=2, metavar=('MIN', 'MAX'),
                         help='random long side of the rescaled image and label (the seed: 448 768)')
-    parser.add_argument('--width', default=1.0, type=float,
-                        help='backbone width multiplier (1 = the reference network; the demo uses less)')
     add_training_args(parser)
     return parser
 
@@ -100,7 +98,7 @@ def batch_loss(model, micro, batch):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    model = import_network(args.network, 'SegNet', width=args.width)
+    model = import_network(args.network, 'SegNet', width=args.width, scratch=args.scratch)
     load_initial_weights(model, args.weights)
     dataset = build_dataset(args, model)
     check_labels(dataset)

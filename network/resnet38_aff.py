@@ -17,7 +17,7 @@ class Net(resnet38d.Net):
         for layer in (self.f8_3, self.f8_4, self.f8_5):
             nn.init.kaiming_normal_(layer.weight)
         nn.init.xavier_uniform_(self.f9.weight, gain=4)
-        self.not_training = [self.conv1a, self.b2, self.b2_1, self.b2_2]
+        self.not_training = self.pretrained_layers([self.conv1a, self.b2, self.b2_1, self.b2_2])
         self.from_scratch_layers = [self.f8_3, self.f8_4, self.f8_5, self.f9]
         self.train()
 

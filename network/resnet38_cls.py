@@ -11,7 +11,7 @@ class Net(resnet38d.Net):
         self.dropout7 = nn.Dropout2d(0.5)
         self.fc8 = nn.Conv2d(self.out_channels, 20, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
-        self.not_training = [self.conv1a, self.b2, self.b2_1, self.b2_2]
+        self.not_training = self.pretrained_layers([self.conv1a, self.b2, self.b2_1, self.b2_2])
         self.from_scratch_layers = [self.fc8]
         self.train()
 

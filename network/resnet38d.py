@@ -84,10 +84,17 @@ REFERENCE_TAPS = ('conv4', 'conv5', 'conv6')
 
 
 class Net(nn.Module):
-    """forward(x) -> conv6, the 4096-channel (times width) ReLU(bn7) feature at stride 8."""
+    """forward(x) -> conv6, the 4096-channel (times width) ReLU(bn7) feature at stride 8.
 
-    def __init__(self, width=1.0):
+    `Net()` is the reference network. `width` scales every channel count; `scratch=True` prepares it for
+    training from random weights (the demo): He-initialised convs with the last conv of every residual
+    branch at zero, so activations neither vanish nor explode through the frozen (identity) BatchNorms,
+    and no frozen layers (`not_training` keeps pretrained layers; there are none).
+    """
+
+    def __init__(self, width=1.0, scratch=False):
         super().__init__()
+        self.scratch = scratch
         c = {n: scaled(n, width) for n in (64, 128, 256, 512, 1024, 2048, 4096)}
         self.conv1a = nn.Conv2d(3, c[64], 3, padding=1, bias=False)
 
@@ -117,11 +124,25 @@ class Net(nn.Module):
         self.out_channels = c[4096]
         self.feature_channels = {'b2_in': c[64], 'b3_in': c[128], 'b4_in': c[256], 'conv4': c[512],
                                  'conv5': c[1024], 'b7_in': c[2048], 'conv6': c[4096]}
-        self.not_training = [self.conv1a]
+        self.not_training = self.pretrained_layers([self.conv1a])
         self.normalize = Normalize()
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.register_load_state_dict_pre_hook(_keep_missing_bn_counter)
+        if scratch:
+            self._init_for_scratch()
+
+    def _init_for_scratch(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_in', nonlinearity='relu')
+        for m in self.modules():
+            if isinstance(m, (ResBlock, ResBlock_bot)):
+                nn.init.zeros_(m.conv_branch2b2.weight if isinstance(m, ResBlock_bot) else m.conv_branch2b1.weight)
+
+    def pretrained_layers(self, layers):
+        """The layers a task net keeps frozen: the given ones, none when trained from scratch."""
+        return [] if self.scratch else layers
 
     def forward(self, x):
         return self.forward_as_dict(x)['conv6']

@@ -480,3 +480,22 @@ def test_convert_caffe_to_torch_reports_a_missing_layer(monkeypatch):
     monkeypatch.setattr(vgg16d, 'load_caffemodel', lambda path: layers)
     with pytest.raises(UserError, match='other.caffemodel: layer conv4_2'):
         vgg16d.convert_caffe_to_torch('other.caffemodel')
+
+
+def test_scratch_variant_keeps_activations_alive_and_freezes_only_bn():
+    """The reference init at width 0.125 lets the features vanish; scratch=True keeps them at unit scale."""
+    from network import resnet38_cls
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = resnet38_cls.Net(width=0.125).eval().forward(x)
+        scratch_net = resnet38_cls.Net(width=0.125, scratch=True)
+        scratch = scratch_net.eval().forward(x)
+    assert reference.std() < 0.05 < 0.3 < scratch.std() < 30
+    scratch_net.train()
+    assert scratch_net.not_training == [] and scratch_net.conv1a.weight.requires_grad
+    assert scratch_net.b2.conv_branch2a.weight.requires_grad
+    assert all(not m.training and not m.weight.requires_grad
+               for m in scratch_net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.count_nonzero(scratch_net.b4_1.conv_branch2b1.weight) == 0
+    assert len(resnet38_cls.Net(width=0.125).not_training) == 4  # the reference still freezes conv1a, b2*

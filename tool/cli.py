@@ -30,10 +30,20 @@ def scale_list(text):
     return scales
 
 
-def import_network(module_path, cls='Net', width=1.0):
+def add_network_args(parser, training=False):
+    """--width (and for training --scratch): the reduced-width / from-scratch variants of the networks."""
+    parser.add_argument('--width', default=1.0, type=float,
+                        help='backbone width multiplier (1 = the reference network; must match the weights)')
+    if training:
+        parser.add_argument('--scratch', action='store_true',
+                            help='prepare the network for training from random weights (He init, zero-init '
+                                 'residual branches, nothing frozen but BatchNorm); the demo uses it')
+
+
+def import_network(module_path, cls='Net', width=1.0, scratch=False):
     """`importlib.import_module(module_path).<cls>()`, as the reference's --network convention.
 
-    A `width` other than 1 builds the reduced-width variant (`<cls>(width=width)`)."""
+    A `width` other than 1 or `scratch` builds that variant (`<cls>(width=width, scratch=True)`)."""
     try:
         module = importlib.import_module(module_path)
     except ModuleNotFoundError as e:
@@ -41,7 +51,8 @@ def import_network(module_path, cls='Net', width=1.0):
                         'use a module path such as network.resnet38_cls')
     if not hasattr(module, cls):
         raise UserError(f'--network {module_path} has no class {cls}; pick a network module that defines it')
-    return getattr(module, cls)(**({'width': width} if width != 1 else {}))
+    kwargs = {**({'width': width} if width != 1 else {}), **({'scratch': True} if scratch else {})}
+    return getattr(module, cls)(**kwargs)
 
 
 def pick_device(name=None):

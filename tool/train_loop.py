@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tool.cli import pick_device
+from tool.cli import add_network_args, pick_device
 from tool.io import UserError, atomic_torch_save, require_file
 from tool.pyutils import Logger, Timer
 from tool.torchutils import PolyOptimizer, parameter_groups
@@ -22,6 +22,7 @@ from tool.torchutils import PolyOptimizer, parameter_groups
 
 def add_training_args(parser):
     """Flags every training script has beyond the reference's own."""
+    add_network_args(parser, training=True)
     parser.add_argument('--seed', type=int, default=None,
                         help='seed python/numpy/torch (default: a random seed, logged and checkpointed)')
     parser.add_argument('--resume', default=None,
