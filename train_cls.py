@@ -40,6 +40,8 @@ def build_parser():
     parser.add_argument('--voc12_root', required=True, type=str)
     parser.add_argument('--cls_labels', default=None,
                         help='image-level labels .npy (default: voc12/cls_labels.npy beside the code)')
+    parser.add_argument('--resize_long', nargs=2, type=int, default=(256, 512), metavar=('MIN', 'MAX'),
+                        help='random long side before the crop (the reference: 256 512, for ~500 px VOC images)')
     parser.add_argument('--val_crop', default=500, type=int, help='centre crop of the validation images')
     add_training_args(parser)
     return parser
@@ -52,8 +54,8 @@ class TrainTransform:
     flip-invariant, so the distribution of outputs is the same.
     """
 
-    def __init__(self, normalize, crop_size):
-        self.resize = imutils.RandomResizeLong(256, 512)
+    def __init__(self, normalize, crop_size, resize_long=(256, 512)):
+        self.resize = imutils.RandomResizeLong(*resize_long)
         self.jitter = imutils.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)
         self.flip = imutils.RandomHorizontalFlip()
         self.normalize = normalize
@@ -102,7 +104,7 @@ def main(argv=None):
     model = import_network(args.network, width=args.width, scratch=args.scratch)
     load_initial_weights(model, args.weights)
     train_set = voc12.data.VOC12ClsDataset(args.train_list, voc12_root=args.voc12_root, cls_labels=args.cls_labels,
-                                           transform=TrainTransform(model.normalize, args.crop_size))
+                                           transform=TrainTransform(model.normalize, args.crop_size, args.resize_long))
     validate = None
     if args.val_list:
         val_set = voc12.data.VOC12ClsDataset(args.val_list, voc12_root=args.voc12_root, cls_labels=args.cls_labels,

@@ -34,6 +34,7 @@ def test_readme_command_parses_with_reference_defaults():
             defaults.wt_dec, defaults.train_list, defaults.val_list, defaults.session_name, defaults.crop_size) == \
         (16, 15, 'network.vgg16_cls', 0.1, 8, 5e-4, 'voc12/train_aug.txt', 'voc12/val.txt', 'vgg_cls', 448)
     assert (defaults.width, defaults.val_crop, defaults.weights) == (1.0, 500, None)
+    assert tuple(defaults.resize_long) == (256, 512)
 
 
 def test_transforms_give_crops_of_normalised_images():
@@ -42,6 +43,8 @@ def test_transforms_give_crops_of_normalised_images():
     x = train_cls.TrainTransform(norm, 600)(img)  # long side resized to 256..512: the crop pads
     assert x.dtype == torch.float32 and x.shape == (3, 600, 600)
     assert (x == 0).all(dim=0).float().mean() >= 1 - 512 * 384 / 600 ** 2
+    x = train_cls.TrainTransform(norm, 100, resize_long=(80, 80))(img)  # 40x30 -> exactly 80x60
+    assert (x != 0).any(dim=0).sum() == 80 * 60
     y = train_cls.ValTransform(norm, 20)(img)
     np.testing.assert_allclose(y.numpy(), norm(np.asarray(img))[5:25, 10:30].transpose(2, 0, 1))
 
