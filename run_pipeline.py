@@ -42,6 +42,7 @@ import time
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 import evaluation
 import voc12.data
@@ -66,7 +67,7 @@ DEMO = {
     # 600 train images: enough for a from-scratch classifier; 100 val images give a stable mIoU
     'data': ({'n_train': 600, 'n_val': 100, 'size': 128}, {'n_train': 96, 'n_val': 24}),
     # ~1M parameters instead of ~100M; one loader / CRF worker beside the main process on 2 cores
-    'pipeline': ({'width': 0.125, 'num_workers': 1}, {}),
+    'pipeline': ({'width': 0.125, 'num_workers': 1, 'threads': 1}, {}),
     # crop = image size (paper 448 on ~500 px images); few epochs, lr for a randomly initialised net
     'train_cls': ('--crop_size 128 --val_crop 128 --batch_size 16 --max_epoches 3 --lr 0.05 --log_interval 10',
                   '--max_epoches 1'),
@@ -133,6 +134,10 @@ def build_parser():
     run.add_argument('--num_workers', type=int, default=None,
                      help="every stage's --num_workers and the evaluation's processes (default: the scripts' 8; "
                           f"--demo {DEMO['pipeline'][0]['num_workers']})")
+    run.add_argument('--threads', type=int, default=None,
+                     help='torch CPU threads of this process (default: torch\'s choice; --demo '
+                          f"{DEMO['pipeline'][0]['threads']}: on a small CPU shared with data-loader and CRF "
+                          'processes, more threads contend and run an order of magnitude slower)')
     run.add_argument('--seg_crf', action=argparse.BooleanOptionalAction, default=True,
                      help='infer_seg also writes the dCRF-refined labels (seg_miou is then scored on them)')
     run.add_argument('--report_images', type=int, default=4, help='val images in report_grid.png')
@@ -454,6 +459,8 @@ def main(argv=None):
     wall_start = time.perf_counter()
     os.makedirs(args.work_dir, exist_ok=True)
     data_seconds = resolve_data(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lay = Layout(args)
     run = selected_stages(args)
     calls = stage_calls(args, lay)

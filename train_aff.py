@@ -47,7 +47,7 @@ def build_dataset(args, model):
         args.train_list, label_la_dir=args.la_crf_dir, label_ha_dir=args.ha_crf_dir,
         voc12_root=args.voc12_root, cropsize=args.crop_size, radius=5,
         joint_transform_list=[None, None, imutils.RandomCrop(args.crop_size), imutils.RandomHorizontalFlip()],
-        img_transform_list=[imutils.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1),
+        img_transform_list=[imutils.ColorJitter(*args.color_jitter),
                             np.asarray, model.normalize, imutils.HWC_to_CHW],
         label_transform_list=[None, None, None, imutils.AvgPool2d(8)])
 

@@ -54,9 +54,9 @@ class TrainTransform:
     flip-invariant, so the distribution of outputs is the same.
     """
 
-    def __init__(self, normalize, crop_size, resize_long=(256, 512)):
+    def __init__(self, normalize, crop_size, resize_long=(256, 512), color_jitter=(0.3, 0.3, 0.3, 0.1)):
         self.resize = imutils.RandomResizeLong(*resize_long)
-        self.jitter = imutils.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)
+        self.jitter = imutils.ColorJitter(*color_jitter)
         self.flip = imutils.RandomHorizontalFlip()
         self.normalize = normalize
         self.crop = imutils.RandomCrop(crop_size)
@@ -104,7 +104,8 @@ def main(argv=None):
     model = import_network(args.network, width=args.width, scratch=args.scratch)
     load_initial_weights(model, args.weights)
     train_set = voc12.data.VOC12ClsDataset(args.train_list, voc12_root=args.voc12_root, cls_labels=args.cls_labels,
-                                           transform=TrainTransform(model.normalize, args.crop_size, args.resize_long))
+                                           transform=TrainTransform(model.normalize, args.crop_size, args.resize_long,
+                                                                    args.color_jitter))
     validate = None
     if args.val_list:
         val_set = voc12.data.VOC12ClsDataset(args.val_list, voc12_root=args.voc12_root, cls_labels=args.cls_labels,

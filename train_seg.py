@@ -53,8 +53,8 @@ def build_parser():
 class ImageTransform:
     """PIL image -> HWC float32: the seed's colour jitter, then normalize."""
 
-    def __init__(self, normalize):
-        self.jitter = imutils.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)
+    def __init__(self, normalize, color_jitter=(0.3, 0.3, 0.3, 0.1)):
+        self.jitter = imutils.ColorJitter(*color_jitter)
         self.normalize = normalize
 
     def __call__(self, img):
@@ -64,7 +64,7 @@ class ImageTransform:
 def build_dataset(args, model):
     return voc12.data.SegmentationDataset(args.train_list, args.image_dir, args.mask_dir, rescale=args.rescale,
                                           flip=True, cropsize=args.crop_size,
-                                          img_transform=ImageTransform(model.normalize))
+                                          img_transform=ImageTransform(model.normalize, args.color_jitter))
 
 
 def image_size_hw(path):

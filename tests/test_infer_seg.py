@@ -23,15 +23,6 @@ VOC_COLOURS = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 8
                15: (192, 128, 128), 20: (0, 64, 128)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine's 2 cores are shared; several OpenMP threads per process only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def seg_weights(path):
     """Random-init width-0.125 SegNet whose logits vary across the image: the random backbone's output is
     about 1e-3 in scale, so bn7's running variance is lowered to bring it to about 1."""

@@ -34,7 +34,7 @@ def test_readme_command_parses_with_reference_defaults():
             defaults.wt_dec, defaults.train_list, defaults.val_list, defaults.session_name, defaults.crop_size) == \
         (16, 15, 'network.vgg16_cls', 0.1, 8, 5e-4, 'voc12/train_aug.txt', 'voc12/val.txt', 'vgg_cls', 448)
     assert (defaults.width, defaults.val_crop, defaults.weights) == (1.0, 500, None)
-    assert tuple(defaults.resize_long) == (256, 512)
+    assert tuple(defaults.resize_long) == (256, 512) and tuple(defaults.color_jitter) == (0.3, 0.3, 0.3, 0.1)
 
 
 def test_transforms_give_crops_of_normalised_images():

@@ -22,15 +22,6 @@ SEED_COMMAND = ('python train_seg.py --weights ilsvrc-cls_rna-a1_cls1000_ep-0001
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine's 2 cores are shared; several OpenMP threads per process only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_seed_command_parses_with_reference_defaults():
     args = train_seg.build_parser().parse_args(shlex.split(SEED_COMMAND)[2:])
     assert (args.weights, args.image_dir, args.mask_dir) == \

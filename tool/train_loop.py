@@ -34,6 +34,9 @@ def add_training_args(parser):
                         help='mixed precision for forward/backward (fp16 needs CUDA)')
     parser.add_argument('--sgd_momentum', type=float, default=None,
                         help='real SGD momentum (default: the reference quirk, momentum = weight decay)')
+    parser.add_argument('--color_jitter', nargs=4, type=float, default=(0.3, 0.3, 0.3, 0.1),
+                        metavar=('BRIGHTNESS', 'CONTRAST', 'SATURATION', 'HUE'),
+                        help='ColorJitter of the training images (the reference: 0.3 0.3 0.3 0.1)')
     parser.add_argument('--log_interval', type=int, default=50, help='steps between log lines')
     parser.add_argument('--tblog_dir', default=None, help='TensorBoard folder (default <session_name>_tb)')
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
