@@ -30,6 +30,8 @@ def build_parser():
     parser.add_argument('--cam_dir', required=True, type=str, help='CAM dicts of infer_cls --out_cam')
     parser.add_argument('--voc12_root', required=True, type=str)
     parser.add_argument('--alpha', default=16, type=int, help='background score (1 - max CAM) ** alpha')
+    parser.add_argument('--cam_power', default=1.0, type=float,
+                        help='sharpen the CAMs (CAM ** power) before the walk; 1 = the reference')
     parser.add_argument('--out_rw', required=True, type=str, help='folder for the label PNGs')
     parser.add_argument('--beta', default=8, type=int, help='affinity ** beta')
     parser.add_argument('--logt', default=8, type=int, help='the walk runs 2 ** logt steps')
@@ -42,8 +44,8 @@ def build_parser():
     return parser
 
 
-def cam_stack(cam_dict, size_hw, alpha, path):
-    """(21, H, W) float32: channel k+1 = CAM of class k, channel 0 = (1 - max over classes) ** alpha."""
+def cam_stack(cam_dict, size_hw, alpha, path, power=1.0):
+    """(21, H, W) float32: channel k+1 = CAM of class k (** power), channel 0 = (1 - max over classes) ** alpha."""
     cam = np.zeros((N_CLASSES + 1,) + tuple(size_hw), np.float32)
     for k, v in cam_dict.items():
         if not (isinstance(k, (int, np.integer)) and 0 <= k < N_CLASSES):
@@ -51,7 +53,7 @@ def cam_stack(cam_dict, size_hw, alpha, path):
         if np.shape(v) != tuple(size_hw):
             raise UserError(f'{path}: CAM of class {k} is {np.shape(v)} but the image is {tuple(size_hw)} '
                             '(rerun infer_cls for this image)')
-        cam[k + 1] = v
+        cam[k + 1] = v if power == 1 else np.asarray(v, np.float32) ** power
     cam[0] = (1 - np.max(cam[1:], axis=0)) ** alpha
     return cam
 
@@ -59,9 +61,9 @@ def cam_stack(cam_dict, size_hw, alpha, path):
 class WalkInputs(Dataset):
     """(CHW normalised image, (21, H, W) CAM stack, None) or (None, None, one-line error) per id."""
 
-    def __init__(self, ids, voc12_root, cam_dir, normalize, alpha):
+    def __init__(self, ids, voc12_root, cam_dir, normalize, alpha, power=1.0):
         self.ids, self.voc12_root, self.cam_dir = ids, voc12_root, cam_dir
-        self.normalize, self.alpha = normalize, alpha
+        self.normalize, self.alpha, self.power = normalize, alpha, power
 
     def __len__(self):
         return len(self.ids)
@@ -71,7 +73,7 @@ class WalkInputs(Dataset):
         try:
             img = load_image(voc12.data.get_img_path(name, self.voc12_root))
             cam_path = os.path.join(self.cam_dir, name + '.npy')
-            cam = cam_stack(load_dict_npy(cam_path), img.shape[:2], self.alpha, cam_path)
+            cam = cam_stack(load_dict_npy(cam_path), img.shape[:2], self.alpha, cam_path, self.power)
         except UserError as e:  # returned, not raised: a worker's exception would reach us as a traceback
             return None, None, str(e)
         return np.ascontiguousarray(HWC_to_CHW(self.normalize(img))), cam, None
@@ -106,7 +108,8 @@ def main(argv=None):
         return os.path.join(args.out_rw, name + '.png')
 
     bar = pending_progress(ids, lambda name: [png_path(name)], args.overwrite, desc='random walk')
-    inputs = WalkInputs(list(bar.iterable), args.voc12_root, args.cam_dir, model.normalize, args.alpha)
+    inputs = WalkInputs(list(bar.iterable), args.voc12_root, args.cam_dir, model.normalize, args.alpha,
+                        args.cam_power)
     loader = DataLoader(inputs, batch_size=None, num_workers=args.num_workers)
     for name, (img, cam, error) in zip(bar, loader):  # the loader yields the pending ids in order
         if error:

@@ -188,3 +188,13 @@ def test_weights_of_another_network_are_a_one_line_error(data, tmp_path, capsys)
     err = run_failing(argv_for(data, 'unused') + ['--weights', str(tmp_path / 'cls.pth'),
                                                   '--out_rw', str(tmp_path / 'rw')], capsys)
     assert str(tmp_path / 'cls.pth') in err and 'network.resnet38_aff' in err
+
+
+def test_cam_power_sharpens_before_the_background_score():
+    cam = {3: np.array([[0.5, 1.0]], np.float32), 7: np.array([[0.25, 0.0]], np.float32)}
+    stack = infer_aff.cam_stack(cam, (1, 2), alpha=2, path='x.npy', power=2.0)
+    np.testing.assert_allclose(stack[4], [[0.25, 1.0]])
+    np.testing.assert_allclose(stack[8], [[0.0625, 0.0]])
+    np.testing.assert_allclose(stack[0], [[(1 - 0.25) ** 2, 0.0]])
+    assert infer_aff.build_parser().parse_args(['--weights', 'w', '--cam_dir', 'c', '--out_rw', 'r',
+                                                '--voc12_root', 'v']).cam_power == 1.0
