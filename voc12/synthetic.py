@@ -146,29 +146,33 @@ def _scene(rng, h, w, classes, max_objects, border):
 
 # ---------------------------------------------------------------- demo scenes
 
-# Three pairs of classes (cat/dog, cow/sheep, bus/car). Both classes of a pair share the body (shape
-# statistics, colour, stripes); only a small part at the body's rim tells them apart (its colour, and
-# checkerboard for the first class of the pair, dots for the second). A classifier therefore looks hardest
-# at the part, and its CAMs peak there and under-cover the body, as CAMs of real images do.
+# Three pairs of classes (cat/dog, cow/sheep, bus/car). Both classes of a pair share the body look (colour,
+# stripes); only a part at the body's rim tells them apart (its colour, and checkerboard for the first class
+# of the pair, dots for the second). With probability `body_cue` a body has its pair's look, otherwise a
+# random one of the three, so the body is a weak cue and the part the strong one: a classifier's CAMs peak on
+# the part and under-cover the body, as CAMs of real images do.
 DEMO_PAIRS = ((7, 11), (9, 16), (5, 6))
 DEMO_CLASSES = tuple(c for pair in DEMO_PAIRS for c in pair)
-_BODY_HUES = (0.08, 0.33, 0.62)  # per pair
-_PART_HUES = ((0.52, 0.85), (0.0, 0.72), (0.16, 0.95))  # per pair and member
+_BODY_HUES = (0.08, 0.33, 0.62)  # per body look (= pair)
+# per pair and member: six hues 60 degrees apart; neighbouring hues differ in texture too, so the classes
+# stay apart under the pipeline's colour jitter (hue +-0.1)
+_PART_HUES = ((0.0, 1 / 6), (2 / 6, 3 / 6), (4 / 6, 5 / 6))
 
 
-def _demo_object(rng, h, w, pair, member):
+def _demo_object(rng, h, w, pair, member, body_cue, part_scale):
     """(body mask, part mask, painter) of one demo object; the painter fills an image."""
     ry, rx = rng.uniform(0.16, 0.3, 2) * min(h, w)
     cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
     body = _shape_mask(rng, h, w, SHAPES[rng.integers(len(SHAPES))], cy, cx, ry, rx)
     angle = rng.uniform(0, 2 * np.pi)
-    pr = rng.uniform(0.4, 0.55) * min(ry, rx)
+    pr = rng.uniform(0.8, 1.1) * part_scale * min(ry, rx)
     py = np.clip(cy + 0.9 * ry * np.sin(angle), pr, h - 1 - pr)  # the part stays inside the image
     px = np.clip(cx + 0.9 * rx * np.cos(angle), pr, w - 1 - pr)
     part = _shape_mask(rng, h, w, 'ellipse', py, px, pr, pr)
-    body_texture = _stripes(h, w, np.pi * (0.2 + 0.3 * pair), 7.0, rng.uniform(0, 2 * np.pi))
+    look = pair if rng.random() < body_cue else int(rng.integers(len(DEMO_PAIRS)))
+    body_texture = _stripes(h, w, np.pi * (0.2 + 0.3 * look), 7.0, rng.uniform(0, 2 * np.pi))
     part_texture = (_checker if member == 0 else _dots)(h, w, 6, rng.uniform(0, 6))
-    body_colour = np.array(colorsys.hsv_to_rgb(_BODY_HUES[pair], 0.6, 0.85))
+    body_colour = np.array(colorsys.hsv_to_rgb(_BODY_HUES[look], 0.4, 0.75))
     part_colour = np.array(colorsys.hsv_to_rgb(_PART_HUES[pair][member], 0.75, 0.95))
 
     def paint(image, body_visible, part_visible):
@@ -186,12 +190,12 @@ def _distractor(rng, image):
     _paint(image, mask, colour, _stripes(h, w, rng.uniform(0, np.pi), rng.uniform(4, 9)), rng)
 
 
-def _demo_scene(rng, h, w, max_objects, n_distractors, border, tries=50):
+def _demo_scene(rng, h, w, max_objects, n_distractors, body_cue, part_scale, border, tries=50):
     """A demo image: textured background, clutter, 1..max_objects part-bearing objects that stay visible."""
     for _ in range(tries):
         n = int(rng.integers(1, max_objects + 1))
         picks = [(int(rng.integers(len(DEMO_PAIRS))), int(rng.integers(2))) for _ in range(n)]
-        objects = [_demo_object(rng, h, w, pair, member) for pair, member in picks]
+        objects = [_demo_object(rng, h, w, pair, member, body_cue, part_scale) for pair, member in picks]
         # instance 2k+1 = body of object k, 2k+2 = its part; later objects occlude earlier ones
         instances = np.zeros((h, w), np.int32)
         for k, (body, part, _) in enumerate(objects):
@@ -217,14 +221,17 @@ def _demo_scene(rng, h, w, max_objects, n_distractors, border, tries=50):
     return image.round().astype(np.uint8), label, visible_objects
 
 
-def make_demo(root, n_train=600, n_val=100, size=128, seed=0, max_objects=2, n_distractors=2, border=2):
+def make_demo(root, n_train=600, n_val=100, size=128, seed=0, max_objects=2, n_distractors=2, body_cue=0.0,
+              part_scale=0.9, border=2):
     """Write the demo dataset (classes DEMO_CLASSES, see DEMO_PAIRS) in VOC layout into `root`.
 
     size: square side, an int or an inclusive (lo, hi) range drawn per image (width and height each).
+    body_cue: probability that a body shows its pair's look (0: the body says nothing about the class).
+    part_scale: part radius relative to the body's smaller radius.
     """
     def scene(rng):
         w, h = _draw_extent(rng, size), _draw_extent(rng, size)
-        return _demo_scene(rng, h, w, max_objects, n_distractors, border)
+        return _demo_scene(rng, h, w, max_objects, n_distractors, body_cue, part_scale, border)
     return _write_dataset(root, n_train, n_val, seed, scene, border)
 
 
