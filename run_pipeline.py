@@ -81,7 +81,7 @@ DEMO = {
     'infer_aff': ('', ''),
     # rescale/crop scaled to 128 px images (seed 448-768 / 448); from scratch needs a higher lr (seed 0.001)
     'train_seg': ('--scratch --crop_size 128 --rescale 128 160 --color_jitter 0 0 0 0 --batch_size 8 '
-                  '--max_epoches 5 --lr 0.03 --sgd_momentum 0.9 --log_interval 25', '--max_epoches 1'),
+                  '--max_epoches 3 --lr 0.03 --sgd_momentum 0.9 --log_interval 25', '--max_epoches 1'),
     'infer_seg': ('--scales 1', ''),
 }
 

@@ -237,7 +237,23 @@ def _load_score_stack(path, size_hw):
     return np.array(keys, np.uint8), np.stack([scores[k] for k in keys], axis=-1).astype(np.float32)
 
 
-class VOC12AffDataset(VOC12ImageDataset):
+class _AffinityLabelDataset(VOC12ImageDataset):
+    """Images with the transform lists of apply_transform_lists and the radius-`radius` pair labels."""
+
+    def __init__(self, img_name_list_path, cropsize, voc12_root, radius, joint_transform_list,
+                 img_transform_list, label_transform_list):
+        super().__init__(img_name_list_path, voc12_root)
+        self.joint_transform_list = joint_transform_list
+        self.img_transform_list = img_transform_list
+        self.label_transform_list = label_transform_list
+        self.extract_aff_lab_func = ExtractAffinityLabelInRadius(cropsize=cropsize // 8, radius=radius)
+
+    def apply_transforms(self, img, label_like):
+        return apply_transform_lists(img, label_like, self.joint_transform_list, self.img_transform_list,
+                                     self.label_transform_list)
+
+
+class VOC12AffDataset(_AffinityLabelDataset):
     """(image, (bg_pos, fg_pos, neg)) for train_aff, from the la and ha CRF dicts of infer_cls.
 
     The score stacks travel with the image through the joint transforms (crop, flip) and are pooled by the
@@ -247,21 +263,17 @@ class VOC12AffDataset(VOC12ImageDataset):
 
     def __init__(self, img_name_list_path, label_la_dir, label_ha_dir, cropsize, voc12_root, radius=5,
                  joint_transform_list=None, img_transform_list=None, label_transform_list=None):
-        super().__init__(img_name_list_path, voc12_root)
+        super().__init__(img_name_list_path, cropsize, voc12_root, radius, joint_transform_list,
+                         img_transform_list, label_transform_list)
         self.label_la_dir = label_la_dir
         self.label_ha_dir = label_ha_dir
-        self.joint_transform_list = joint_transform_list
-        self.img_transform_list = img_transform_list
-        self.label_transform_list = label_transform_list
-        self.extract_aff_lab_func = ExtractAffinityLabelInRadius(cropsize=cropsize // 8, radius=radius)
 
     def __getitem__(self, idx):
         name, img = super().__getitem__(idx)
         size_hw = (img.size[1], img.size[0])
         la_keys, la = _load_score_stack(os.path.join(self.label_la_dir, name + '.npy'), size_hw)
         ha_keys, ha = _load_score_stack(os.path.join(self.label_ha_dir, name + '.npy'), size_hw)
-        img, scores = apply_transform_lists(img, np.concatenate((la, ha), axis=-1), self.joint_transform_list,
-                                            self.img_transform_list, self.label_transform_list)
+        img, scores = self.apply_transforms(img, np.concatenate((la, ha), axis=-1))
         no_score = np.max(scores, axis=-1) < 1e-5
         label_la = la_keys[np.argmax(scores[..., :len(la_keys)], axis=-1)]
         label_ha = ha_keys[np.argmax(scores[..., len(la_keys):], axis=-1)]
@@ -272,7 +284,7 @@ class VOC12AffDataset(VOC12ImageDataset):
         return img, self.extract_aff_lab_func(label)
 
 
-class VOC12AffGtDataset(VOC12ImageDataset):
+class VOC12AffGtDataset(_AffinityLabelDataset):
     """(image, (bg_pos, fg_pos, neg)) from ground-truth label PNGs in label_dir.
 
     The label channel travels through the joint transforms as label + 1, so that the zero padding of a
@@ -281,19 +293,15 @@ class VOC12AffGtDataset(VOC12ImageDataset):
 
     def __init__(self, img_name_list_path, label_dir, cropsize, voc12_root, radius=5,
                  joint_transform_list=None, img_transform_list=None, label_transform_list=None):
-        super().__init__(img_name_list_path, voc12_root)
+        super().__init__(img_name_list_path, cropsize, voc12_root, radius, joint_transform_list,
+                         img_transform_list, label_transform_list)
         self.label_dir = label_dir
-        self.joint_transform_list = joint_transform_list
-        self.img_transform_list = img_transform_list
-        self.label_transform_list = label_transform_list
-        self.extract_aff_lab_func = ExtractAffinityLabelInRadius(cropsize=cropsize // 8, radius=radius)
 
     def __getitem__(self, idx):
         name, img = super().__getitem__(idx)
         label = load_checked_label(os.path.join(self.label_dir, name + '.png'), (img.size[1], img.size[0]))
         shifted = label[..., None].astype(np.float32) + 1
-        img, shifted = apply_transform_lists(img, shifted, self.joint_transform_list, self.img_transform_list,
-                                             self.label_transform_list)
+        img, shifted = self.apply_transforms(img, shifted)
         shifted = shifted[..., 0]
         label = np.where(shifted < 0.5, IGNORE, shifted - 1).astype(np.uint8)
         return img, self.extract_aff_lab_func(label)
