@@ -75,7 +75,6 @@ class Timer:
 
     def __init__(self):
         self.start = time.time()
-        self.stage_start = self.start
         self.est_remaining = 0.0
 
     def update_progress(self, fraction):
@@ -87,9 +86,3 @@ class Timer:
 
     def str_eta(self):
         return time.strftime('%H:%M:%S', time.gmtime(max(self.est_remaining, 0)))
-
-    def get_stage_elapsed(self):
-        return time.time() - self.stage_start
-
-    def reset_stage(self):
-        self.stage_start = time.time()
