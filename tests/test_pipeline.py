@@ -139,6 +139,16 @@ def test_from_infer_aff_runs_only_the_later_stages(first_run, voc, tmp_path):
     assert len([k for k in after if k.startswith('rw' + os.sep)]) == 12
 
 
+def test_init_from_cls_starts_train_aff_from_the_trained_classifier(first_run, voc, tmp_path, capsys):
+    work_dir = copy_run(first_run[0], tmp_path / 'work')
+    shutil.rmtree(work_dir / 'aff')
+    run_pipeline.main(pipeline_argv(voc, work_dir, '--from', 'train_aff', '--to', 'train_aff', '--init_from_cls'))
+    argv = json.loads((work_dir / 'stages.json').read_text())['train_aff']['argv'][0]
+    cls_weights = str(work_dir / 'cls' / 'res38_cls.pth')
+    assert argv[argv.index('--weights') + 1] == cls_weights
+    assert f'loaded {cls_weights}' in capsys.readouterr().out
+
+
 def test_killed_run_continues_missing_images_and_resumes_training(first_run, voc, tmp_path):
     work_dir = copy_run(first_run[0], tmp_path / 'work')
     lost = min(os.listdir(work_dir / 'rw'))

@@ -146,20 +146,22 @@ def _scene(rng, h, w, classes, max_objects, border):
 
 # ---------------------------------------------------------------- demo scenes
 
-# Three pairs of classes (cat/dog, cow/sheep, bus/car). Both classes of a pair share the body look (colour,
-# stripes); only a part at the body's rim tells them apart (its colour, and checkerboard for the first class
-# of the pair, dots for the second). With probability `body_cue` a body has its pair's look, otherwise a
-# random one of the three, so the body is a weak cue and the part the strong one: a classifier's CAMs peak on
-# the part and under-cover the body, as CAMs of real images do.
-DEMO_PAIRS = ((7, 11), (9, 16), (5, 6))
-DEMO_CLASSES = tuple(c for pair in DEMO_PAIRS for c in pair)
-_BODY_HUES = (0.08, 0.33, 0.62)  # per body look (= pair)
-# per pair and member: six hues 60 degrees apart; neighbouring hues differ in texture too, so the classes
-# stay apart under the pipeline's colour jitter (hue +-0.1)
-_PART_HUES = ((0.0, 1 / 6), (2 / 6, 3 / 6), (4 / 6, 5 / 6))
+# Six classes (cat, dog, cow, sheep, bus, car), each with its own colour. An object is a plain body with a
+# round part (a "head") at its rim, in the class colour checkered with white. Clutter blobs of the same
+# colours lie around, so a plain patch of colour says little: the checkered part is what identifies an
+# object. A classifier's CAMs therefore peak on the part and fade over the body, as CAMs of real images
+# peak on the discriminative parts of objects. Body and part share their colour, so a colour-driven dCRF and
+# the affinities can carry the part's label over the body, as they do on real objects.
+DEMO_CLASSES = (7, 11, 9, 16, 5, 6)
+_PART_WHITE = np.array([0.95, 0.95, 0.95])  # the part's other squares
 
 
-def _demo_object(rng, h, w, pair, member, body_cue, part_scale):
+def _class_colour(rng, k):
+    """Colour of demo class k (index into DEMO_CLASSES): hues 60 degrees apart, a little jitter."""
+    return np.array(colorsys.hsv_to_rgb(k / len(DEMO_CLASSES) + rng.uniform(-0.02, 0.02), 0.7, 0.9))
+
+
+def _demo_object(rng, h, w, k, part_scale):
     """(body mask, part mask, painter) of one demo object; the painter fills an image."""
     ry, rx = rng.uniform(0.16, 0.3, 2) * min(h, w)
     cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
@@ -169,33 +171,30 @@ def _demo_object(rng, h, w, pair, member, body_cue, part_scale):
     py = np.clip(cy + 0.9 * ry * np.sin(angle), pr, h - 1 - pr)  # the part stays inside the image
     px = np.clip(cx + 0.9 * rx * np.cos(angle), pr, w - 1 - pr)
     part = _shape_mask(rng, h, w, 'ellipse', py, px, pr, pr)
-    look = pair if rng.random() < body_cue else int(rng.integers(len(DEMO_PAIRS)))
-    body_texture = _stripes(h, w, np.pi * (0.2 + 0.3 * look), 7.0, rng.uniform(0, 2 * np.pi))
-    part_texture = (_checker if member == 0 else _dots)(h, w, 6, rng.uniform(0, 6))
-    body_colour = np.array(colorsys.hsv_to_rgb(_BODY_HUES[look], 0.4, 0.75))
-    part_colour = np.array(colorsys.hsv_to_rgb(_PART_HUES[pair][member], 0.75, 0.95))
+    checker = _checker(h, w, 5, rng.uniform(0, 5)) > 0
+    colour = _class_colour(rng, k)
+    plain = np.zeros((h, w), np.float32)
 
     def paint(image, body_visible, part_visible):
-        _paint(image, body_visible, body_colour, body_texture, rng, contrast=0.25)
-        _paint(image, part_visible, part_colour, part_texture, rng, contrast=0.7)
+        _paint(image, body_visible | (part_visible & ~checker), colour, plain, rng)
+        _paint(image, part_visible & checker, _PART_WHITE, plain, rng)
     return body & ~part, part, paint
 
 
 def _distractor(rng, image):
-    """A low-saturation textured blob: background clutter with no class."""
+    """Background clutter that looks like a body without a part: plain, in one of the class colours."""
     h, w = image.shape[:2]
-    r = rng.uniform(0.06, 0.14, 2) * min(h, w)
+    r = rng.uniform(0.1, 0.22, 2) * min(h, w)
     mask = _shape_mask(rng, h, w, SHAPES[rng.integers(len(SHAPES))], rng.uniform(0, h), rng.uniform(0, w), *r)
-    colour = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0, 0.2), rng.uniform(0.3, 0.9)))
-    _paint(image, mask, colour, _stripes(h, w, rng.uniform(0, np.pi), rng.uniform(4, 9)), rng)
+    _paint(image, mask, _class_colour(rng, int(rng.integers(len(DEMO_CLASSES)))), np.zeros((h, w), np.float32), rng)
 
 
-def _demo_scene(rng, h, w, max_objects, n_distractors, body_cue, part_scale, border, tries=50):
+def _demo_scene(rng, h, w, max_objects, n_distractors, part_scale, border, tries=50):
     """A demo image: textured background, clutter, 1..max_objects part-bearing objects that stay visible."""
     for _ in range(tries):
         n = int(rng.integers(1, max_objects + 1))
-        picks = [(int(rng.integers(len(DEMO_PAIRS))), int(rng.integers(2))) for _ in range(n)]
-        objects = [_demo_object(rng, h, w, pair, member, body_cue, part_scale) for pair, member in picks]
+        picks = [int(rng.integers(len(DEMO_CLASSES))) for _ in range(n)]
+        objects = [_demo_object(rng, h, w, k, part_scale) for k in picks]
         # instance 2k+1 = body of object k, 2k+2 = its part; later objects occlude earlier ones
         instances = np.zeros((h, w), np.int32)
         for k, (body, part, _) in enumerate(objects):
@@ -212,26 +211,25 @@ def _demo_scene(rng, h, w, max_objects, n_distractors, body_cue, part_scale, bor
         _distractor(rng, image)
     label = np.zeros((h, w), np.uint8)
     visible_objects = []
-    for k, ((pair, member), (_, _, paint)) in enumerate(zip(picks, objects)):
+    for k, (pick, (_, _, paint)) in enumerate(zip(picks, objects)):
         body_visible, part_visible = instances == 2 * k + 1, instances == 2 * k + 2
         paint(image, body_visible, part_visible)
-        c = DEMO_PAIRS[pair][member]
+        c = DEMO_CLASSES[pick]
         label[body_visible | part_visible] = c + 1
         visible_objects.append((c, body_visible | part_visible))
     return image.round().astype(np.uint8), label, visible_objects
 
 
-def make_demo(root, n_train=600, n_val=100, size=128, seed=0, max_objects=2, n_distractors=2, body_cue=0.0,
-              part_scale=0.9, border=2):
-    """Write the demo dataset (classes DEMO_CLASSES, see DEMO_PAIRS) in VOC layout into `root`.
+def make_demo(root, n_train=600, n_val=100, size=128, seed=0, max_objects=2, n_distractors=2, part_scale=0.6,
+              border=2):
+    """Write the demo dataset (classes DEMO_CLASSES) in VOC layout into `root`.
 
     size: square side, an int or an inclusive (lo, hi) range drawn per image (width and height each).
-    body_cue: probability that a body shows its pair's look (0: the body says nothing about the class).
     part_scale: part radius relative to the body's smaller radius.
     """
     def scene(rng):
         w, h = _draw_extent(rng, size), _draw_extent(rng, size)
-        return _demo_scene(rng, h, w, max_objects, n_distractors, body_cue, part_scale, border)
+        return _demo_scene(rng, h, w, max_objects, n_distractors, part_scale, border)
     return _write_dataset(root, n_train, n_val, seed, scene, border)
 
 
