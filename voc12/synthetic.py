@@ -63,12 +63,6 @@ def _checker(h, w, period, phase):
     return (((yy + phase) // period + (xx + phase) // period) % 2).astype(np.float32)
 
 
-def _dots(h, w, period, phase):
-    yy, xx = _grid(h, w)
-    dy, dx = (yy + phase) % period - period / 2, (xx + phase) % period - period / 2
-    return (dy * dy + dx * dx < (period / 3) ** 2).astype(np.float32)
-
-
 def _class_look(c):
     """Colour (RGB 0..1) and stripe (angle, period) of class c: distinct hues, distinct stripe directions."""
     colour = np.array(colorsys.hsv_to_rgb(c / N_CLASSES, 0.85, 0.95))
