@@ -71,9 +71,10 @@ def _class_look(c):
     return colour, angle, period
 
 
-def _paint(image, mask, colour, texture, rng, contrast=0.45):
-    """Fill `mask` of `image` (HxWx3 float) with `colour` darkened where `texture` (HxW in 0..1) is 1."""
-    fill = 255 * colour * rng.uniform(0.8, 1.1) * (1 - contrast * texture[mask][:, None])
+def _paint(image, mask, colour, rng, texture=None, contrast=0.45):
+    """Fill `mask` of `image` (HxWx3 float) with `colour`, darkened where `texture` (HxW in 0..1) is 1."""
+    shade = np.ones((int(mask.sum()), 1)) if texture is None else 1 - contrast * texture[mask][:, None]
+    fill = 255 * colour * rng.uniform(0.8, 1.1) * shade
     image[mask] = np.clip(fill + rng.normal(0, 5, fill.shape), 0, 255)
 
 
@@ -133,7 +134,7 @@ def _scene(rng, h, w, classes, max_objects, border):
     objects = _place_objects(rng, h, w, classes, max_objects, border)
     for c, mask in objects:
         colour, angle, period = _class_look(c)
-        _paint(image, mask, colour, _stripes(h, w, angle, period, rng.uniform(0, 2 * np.pi)), rng)
+        _paint(image, mask, colour, rng, _stripes(h, w, angle, period, rng.uniform(0, 2 * np.pi)))
         label[mask] = c + 1
     return image.round().astype(np.uint8), label, objects
 
@@ -167,11 +168,10 @@ def _demo_object(rng, h, w, k, part_scale):
     part = _shape_mask(rng, h, w, 'ellipse', py, px, pr, pr)
     checker = _checker(h, w, 5, rng.uniform(0, 5)) > 0
     colour = _class_colour(rng, k)
-    plain = np.zeros((h, w), np.float32)
 
     def paint(image, body_visible, part_visible):
-        _paint(image, body_visible | (part_visible & ~checker), colour, plain, rng)
-        _paint(image, part_visible & checker, _PART_WHITE, plain, rng)
+        _paint(image, body_visible | (part_visible & ~checker), colour, rng)
+        _paint(image, part_visible & checker, _PART_WHITE, rng)
     return body & ~part, part, paint
 
 
@@ -180,7 +180,7 @@ def _distractor(rng, image):
     h, w = image.shape[:2]
     r = rng.uniform(0.1, 0.22, 2) * min(h, w)
     mask = _shape_mask(rng, h, w, SHAPES[rng.integers(len(SHAPES))], rng.uniform(0, h), rng.uniform(0, w), *r)
-    _paint(image, mask, _class_colour(rng, int(rng.integers(len(DEMO_CLASSES)))), np.zeros((h, w), np.float32), rng)
+    _paint(image, mask, _class_colour(rng, int(rng.integers(len(DEMO_CLASSES)))), rng)
 
 
 def _demo_scene(rng, h, w, max_objects, n_distractors, part_scale, border, tries=50):
