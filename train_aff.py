@@ -13,7 +13,7 @@ import voc12.data
 from tool import imutils
 from tool.cli import import_network, run_main
 from tool.io import UserError, require_dir
-from tool.train_loop import add_training_args, fit
+from tool.train_loop import add_training_args, fit, seed_run
 from tool.weights import load_initial_weights
 
 EPS = 1e-5
@@ -84,6 +84,7 @@ def main(argv=None):
                         '9x9, i.e. --crop_size 72 or more')
     require_dir(args.la_crf_dir, 'low-alpha CRF dicts (--la_crf_dir)')
     require_dir(args.ha_crf_dir, 'high-alpha CRF dicts (--ha_crf_dir)')
+    seed_run(args)
     model = import_network(args.network, width=args.width, scratch=args.scratch)
     load_initial_weights(model, args.weights)
     fit(args, model, build_dataset(args, model), batch_loss)

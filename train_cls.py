@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 import voc12.data
 from tool import imutils
 from tool.cli import import_network, run_main
-from tool.train_loop import add_training_args, autocast, fit
+from tool.train_loop import add_training_args, autocast, fit, seed_run
 from tool.weights import load_initial_weights
 
 
@@ -101,6 +101,7 @@ def make_validate(args, dataset):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    seed_run(args)
     model = import_network(args.network, width=args.width, scratch=args.scratch)
     load_initial_weights(model, args.weights)
     train_set = voc12.data.VOC12ClsDataset(args.train_list, voc12_root=args.voc12_root, cls_labels=args.cls_labels,

@@ -20,7 +20,7 @@ import voc12.data
 from tool import imutils
 from tool.cli import import_network, run_main
 from tool.io import UserError, require_file
-from tool.train_loop import add_training_args, fit
+from tool.train_loop import add_training_args, fit, seed_run
 from tool.weights import load_initial_weights
 
 IGNORE = voc12.data.IGNORE
@@ -98,6 +98,7 @@ def batch_loss(model, micro, batch):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    seed_run(args)
     model = import_network(args.network, 'SegNet', width=args.width, scratch=args.scratch)
     load_initial_weights(model, args.weights)
     dataset = build_dataset(args, model)

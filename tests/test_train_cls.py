@@ -103,3 +103,17 @@ def test_command_line_training_lowers_the_loss_and_resumes(tmp_path):
     assert re.search(r'^Iter:\s*6/\s*6 loss:', log, re.M)  # epoch 3 continues the step count
     resumed = torch.load(sess / 'cls.pth', weights_only=True)
     assert not torch.equal(resumed['fc8.weight'], state['fc8.weight'])
+
+
+def test_seed_repeats_a_run_from_scratch(tmp_path):
+    """--seed also fixes the random initialisation (--scratch, fc8), not only the batches."""
+    voc = make_voc(str(tmp_path / 'voc'), n_train=4, n_val=1, size=(40, 40), classes=3, seed=0)
+    states = []
+    for run in ('a', 'b'):
+        train_cls.main(['--network', 'network.resnet38_cls', '--width', '0.125', '--scratch', '--voc12_root', voc,
+                        '--train_list', os.path.join(voc, 'lists', 'train_aug.txt'), '--val_list=',
+                        '--cls_labels', os.path.join(voc, 'cls_labels.npy'), '--crop_size', '32',
+                        '--batch_size', '2', '--max_epoches', '1', '--num_workers', '0', '--seed', '0',
+                        '--device', 'cpu', '--session_name', str(tmp_path / run / 'cls')])
+        states.append(torch.load(tmp_path / run / 'cls.pth', weights_only=True))
+    assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())

@@ -42,10 +42,17 @@ def add_training_args(parser):
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
 
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def seed_run(args):
+    """Seed python/numpy/torch with --seed, drawing one when absent (kept in args: logged and checkpointed).
+
+    The training scripts call it before building the network, so its random initialisation repeats too;
+    fit calls it again, so the batches do not depend on how much randomness the network drew.
+    """
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2 ** 31)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
 
 
 def _seed_worker(worker_id):
@@ -258,8 +265,8 @@ def fit(args, model, dataset, batch_loss, validate=None, collate_fn=None):
     if dist.main:
         print(vars(args), f'world size {dist.world}' if dist.world > 1 else '')
     model = model.to(device)
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
-    loader = dist.loader(dataset, args, seed, collate_fn)
+    seed_run(args)
+    loader = dist.loader(dataset, args, args.seed, collate_fn)
     steps_per_epoch = len(loader)
     max_step = steps_per_epoch * args.max_epoches
     optimizer = PolyOptimizer(parameter_groups(model, args.lr, args.wt_dec), lr=args.lr, weight_decay=args.wt_dec,
@@ -267,11 +274,10 @@ def fit(args, model, dataset, batch_loss, validate=None, collate_fn=None):
     scaler = torch.amp.GradScaler('cuda') if args.amp == 'fp16' else None
     start_epoch = 0
     if args.resume:
-        start_epoch, seed = _resume(args.resume, model, optimizer, scaler)
-        print(f'resumed from {args.resume} after epoch {start_epoch} (seed {seed})')
+        start_epoch, args.seed = _resume(args.resume, model, optimizer, scaler)
+        print(f'resumed from {args.resume} after epoch {start_epoch} (seed {args.seed})')
     else:
-        seed_everything(seed)
-        print(f'seed {seed}')
+        print(f'seed {args.seed}')
     trained = dist.wrap(model)
     state = {'micro_batch': args.micro_batch, 'auto_micro': args.micro_batch == 0 and device.type == 'cuda'}
     try:
@@ -302,7 +308,7 @@ def fit(args, model, dataset, batch_loss, validate=None, collate_fn=None):
                 print(f'epoch {epoch + 1} validation: ' + ' '.join(f'{k}:{v:.4f}' for k, v in val_logs.items()))
                 log.scalars({f'val/{k}': v for k, v in val_logs.items()}, optimizer.global_step)
             if dist.main:
-                save_checkpoint(args.session_name + '.ckpt.pth', model, optimizer, epoch + 1, seed, scaler)
+                save_checkpoint(args.session_name + '.ckpt.pth', model, optimizer, epoch + 1, args.seed, scaler)
         if dist.main:
             atomic_torch_save(args.session_name + '.pth', model.state_dict())
             print(f'saved {args.session_name}.pth')
