@@ -64,7 +64,7 @@ SESSIONS = {'train_cls': 'cls/res38_cls', 'train_aff': 'aff/res38_aff', 'train_s
 # ImageNet weights) on 128 px synthetic images on a 2-core CPU in minutes.
 DEMO = {
     # 500 train images of 128 px, 6 classes whose objects (plain body + checkered part in the class colour) lie
-    # among plain clutter blobs of the same colours, so CAMs peak on the part; 100 val images for the mIoU
+    # among plain clutter blobs of the same colours, so CAMs are strongest near the part; 100 val images
     'data': ({'n_train': 500, 'n_val': 100, 'size': 128}, {'n_train': 96, 'n_val': 24}),
     # ~1.6M parameters instead of ~100M; two torch threads and no loader / CRF processes (the 128 px images
     # load in no time; on 2 cores this trains 1.6x faster than one thread beside a loader process); no ImageNet

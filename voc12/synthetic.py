@@ -144,8 +144,8 @@ def _scene(rng, h, w, classes, max_objects, border):
 # Six classes (cat, dog, cow, sheep, bus, car), each with its own colour. An object is a plain body with a
 # round part (a "head") at its rim, in the class colour checkered with white. Clutter blobs of the same
 # colours lie around, so a plain patch of colour says little: the checkered part is what identifies an
-# object. A classifier's CAMs therefore peak on the part and fade over the body, as CAMs of real images
-# peak on the discriminative parts of objects. Body and part share their colour, so a colour-driven dCRF and
+# object. A classifier's CAMs are therefore strongest next to the part and fade over the rest of the body,
+# incomplete as CAMs of real images are. Body and part share their colour, so a colour-driven dCRF and
 # the affinities can carry the part's label over the body, as they do on real objects.
 DEMO_CLASSES = (7, 11, 9, 16, 5, 6)
 _PART_WHITE = np.array([0.95, 0.95, 0.95])  # the part's other squares
