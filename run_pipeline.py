@@ -83,8 +83,9 @@ DEMO = {
     # past it; CAM ** 2.2 keeps the stride-8 CAM blur off the background (as the probe found)
     'infer_aff': ('--cam_power 2.2 --logt 4', ''),
     # whole images (--rescale 128 128: a crop can cut an object's part off while its body keeps the class
-    # label); val mIoU+dCRF after 8 epochs: batch 8 at lr 0.003 / 0.005 / 0.007 -> 82.8 / 84.9 / 86.5, batch 4
-    # at 0.005 -> 87.2; lr 0.01 diverged (the head's 10x/20x lr)
+    # label); val mIoU+dCRF after 8 epochs on one run's walk labels: batch 8, crops of 128-160 px rescales, lr
+    # 0.003 / 0.005 -> 82.8 / 83.9; batch 8, whole images, lr 0.005 / 0.007 -> 84.9 / 86.5; batch 4, whole
+    # images, lr 0.005 -> 87.2; lr 0.01 diverged (23 after 2 epochs: the head's 10x/20x lr)
     'train_seg': ('--scratch --crop_size 128 --rescale 128 128 --color_jitter 0 0 0 0 --batch_size 4 '
                   '--max_epoches 8 --lr 0.005 --sgd_momentum 0.9 --log_interval 50', '--max_epoches 1'),
     'infer_seg': ('--scales 1', ''),
