@@ -21,7 +21,7 @@ import numpy as np
 
 from tool import metrics
 from tool.cli import run_main, str2bool
-from tool.io import UserError, atomic_write, load_dict_npy, load_label_png, require_dir
+from tool.io import UserError, atomic_write, check_output_dir, load_dict_npy, load_label_png, require_dir
 from voc12.data import CAT_LIST, load_img_name_list
 
 CURVE_THRESHOLDS = tuple(i / 100 for i in range(60))
@@ -226,6 +226,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     thresholds = _thresholds(args)
     ids = load_img_name_list(args.list)
+    check_output_dir(os.path.dirname(os.path.abspath(args.logfile)), '--logfile')
+    if args.curve and args.curve_out:
+        check_output_dir(os.path.dirname(os.path.abspath(args.curve_out)), '--curve_out')
     names = CLASS_NAMES if args.num_classes == len(CLASS_NAMES) else [str(c) for c in range(args.num_classes)]
 
     print(f'evaluating {args.predict_dir} ({args.type}) against {args.gt_dir}, '

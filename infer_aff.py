@@ -15,7 +15,7 @@ import voc12.data
 from tool.cli import add_network_args, pick_device, run_main
 from tool.imutils import HWC_to_CHW
 from tool.inference import load_model, pending_progress
-from tool.io import UserError, atomic_save_png, load_dict_npy, load_image, require_dir
+from tool.io import UserError, atomic_save_png, check_output_dir, load_dict_npy, load_image, require_dir, require_files
 from tool.randomwalk import propagate_cam
 
 N_CLASSES = 20
@@ -58,6 +58,10 @@ def cam_stack(cam_dict, size_hw, alpha, path, power=1.0):
     return cam
 
 
+def cam_path(cam_dir, name):
+    return os.path.join(cam_dir, name + '.npy')
+
+
 class WalkInputs(Dataset):
     """(CHW normalised image, (21, H, W) CAM stack, None) or (None, None, one-line error) per id."""
 
@@ -72,8 +76,8 @@ class WalkInputs(Dataset):
         name = self.ids[idx]
         try:
             img = load_image(voc12.data.get_img_path(name, self.voc12_root))
-            cam_path = os.path.join(self.cam_dir, name + '.npy')
-            cam = cam_stack(load_dict_npy(cam_path), img.shape[:2], self.alpha, cam_path, self.power)
+            path = cam_path(self.cam_dir, name)
+            cam = cam_stack(load_dict_npy(path), img.shape[:2], self.alpha, path, self.power)
         except UserError as e:  # returned, not raised: a worker's exception would reach us as a traceback
             return None, None, str(e)
         return np.ascontiguousarray(HWC_to_CHW(self.normalize(img))), cam, None
@@ -99,15 +103,21 @@ def random_walk_labels(model, img, cam, beta, logt, method, device):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
-    ids = voc12.data.load_img_name_list(args.infer_list)
+    sizes = voc12.data.check_images(args.infer_list, os.path.join(args.voc12_root, voc12.data.IMG_FOLDER_NAME))
     require_dir(args.cam_dir, 'CAM dicts (--cam_dir)')
-    model = load_model(args.network, args.weights, device, args.width)
-    os.makedirs(args.out_rw, exist_ok=True)
+    require_files([cam_path(args.cam_dir, name) for name in sizes], f'CAM dicts of {args.infer_list}',
+                  'rerun infer_cls --out_cam for this list, or check --cam_dir')
 
     def png_path(name):
         return os.path.join(args.out_rw, name + '.png')
 
-    bar = pending_progress(ids, lambda name: [png_path(name)], args.overwrite, desc='random walk')
+    def check_cam(name):
+        path = cam_path(args.cam_dir, name)
+        cam_stack(load_dict_npy(path), sizes[name], args.alpha, path)
+
+    model = load_model(args.network, args.weights, device, args.width)
+    check_output_dir(args.out_rw, '--out_rw')
+    bar = pending_progress(sizes, lambda name: [png_path(name)], args.overwrite, desc='random walk', check=check_cam)
     inputs = WalkInputs(list(bar.iterable), args.voc12_root, args.cam_dir, model.normalize, args.alpha,
                         args.cam_power)
     loader = DataLoader(inputs, batch_size=None, num_workers=args.num_workers)

@@ -23,7 +23,7 @@ import voc12.data
 from tool import imutils
 from tool.cli import add_network_args, pick_device, run_main, scale_list
 from tool.inference import CrfPool, load_model, msf_forward, pending_progress
-from tool.io import UserError, atomic_save_npy, atomic_save_png, load_image, require_dir
+from tool.io import UserError, atomic_save_npy, atomic_save_png, check_output_dir, load_image
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
 CAM_PRED_BG = 0.2
@@ -92,15 +92,12 @@ def main(argv=None):
     out_dirs = {flag: getattr(args, flag) for flag in OUTPUTS if getattr(args, flag)}
     if not out_dirs:
         raise UserError('nothing to write: give at least one of --out_cam, --out_cam_pred, --out_la_crf, --out_ha_crf')
-    ids = voc12.data.load_img_name_list(args.infer_list)
+    ids = list(voc12.data.check_images(args.infer_list, os.path.join(args.voc12_root, voc12.data.IMG_FOLDER_NAME)))
     labels = dict(zip(ids, voc12.data.load_image_label_list_from_npy(ids, args.cls_labels)))
-    require_dir(os.path.join(args.voc12_root, voc12.data.IMG_FOLDER_NAME), 'JPEGImages (under --voc12_root)')
-    missing = [name for name in ids if not os.path.isfile(voc12.data.get_img_path(name, args.voc12_root))]
-    if missing:
-        raise UserError(f'{len(missing)} images of {args.infer_list} are missing, e.g. '
-                        f'{voc12.data.get_img_path(missing[0], args.voc12_root)} (check --voc12_root and --infer_list)')
     device = pick_device(args.device)
     model = load_model(args.network, args.weights, device, args.width)
+    for flag, folder in out_dirs.items():
+        check_output_dir(folder, '--' + flag)
     print(f'infer_cls on {device}: {len(ids)} images of {args.infer_list}')
 
     def out_path(flag, name):

@@ -22,7 +22,7 @@ import voc12.data
 from tool import imutils
 from tool.cli import add_network_args, pick_device, run_main, scale_list
 from tool.inference import CrfPool, load_model, msf_forward, pending_progress
-from tool.io import UserError, atomic_save_png, load_image, require_dir
+from tool.io import UserError, atomic_save_png, check_output_dir, load_image
 
 SCALES = (1.0, 0.5, 0.75, 1.25, 1.5)
 CRF_PARAMS = {'t': 10, 'gauss_sxy': 3, 'gauss_compat': 3, 'bi_sxy': 83, 'bi_srgb': 5, 'bi_compat': 4}
@@ -66,10 +66,12 @@ def main(argv=None):
     out_dirs = [d for d in (args.output, args.output_crf) if d]
     if not out_dirs:
         raise UserError('nothing to write: give --output (argmax labels) and/or --output_crf (CRF-refined labels)')
-    ids = voc12.data.load_img_name_list(args.infer_list)
-    require_dir(args.image_dir, 'images (--image_dir)')
+    ids = list(voc12.data.check_images(args.infer_list, args.image_dir, 'images (--image_dir)'))
     device = pick_device(args.device)
     model = load_model(args.network, args.weights, device, args.width, cls='SegNet')
+    for flag, folder in (('--output', args.output), ('--output_crf', args.output_crf)):
+        if folder:
+            check_output_dir(folder, flag)
     print(f'infer_seg on {device}: {len(ids)} images of {args.infer_list}, scales {args.scales} + flips')
 
     def out_path(folder, name):

@@ -5,23 +5,25 @@
         --la_crf_dir crf_la --ha_crf_dir crf_ha
 """
 import argparse
+import os
 
 import numpy as np
 import torch
 
 import voc12.data
 from tool import imutils
-from tool.cli import import_network, run_main
-from tool.io import UserError, require_dir
+from tool.cli import check_training_args, import_network, positive_int, run_main
+from tool.io import require_dir
 from tool.train_loop import add_training_args, fit, seed_run
 from tool.weights import load_initial_weights
 
 EPS = 1e-5
+MIN_CROP = 72  # radius-5 pairs need a feature grid of at least 9x9
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description='Train AffinityNet (stage 3) on the la/ha CRF dicts.')
-    parser.add_argument('--batch_size', default=8, type=int)
+    parser.add_argument('--batch_size', default=8, type=positive_int)
     parser.add_argument('--max_epoches', default=8, type=int)
     parser.add_argument('--network', default='network.vgg16_aff', type=str)
     parser.add_argument('--lr', default=0.1, type=float)
@@ -79,11 +81,12 @@ def batch_loss(model, micro, batch):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.crop_size < 72:
-        raise UserError(f'--crop_size {args.crop_size} is too small: radius-5 pairs need a feature grid of at least '
-                        '9x9, i.e. --crop_size 72 or more')
-    require_dir(args.la_crf_dir, 'low-alpha CRF dicts (--la_crf_dir)')
-    require_dir(args.ha_crf_dir, 'high-alpha CRF dicts (--ha_crf_dir)')
+    check_training_args(args, min_crop=MIN_CROP)
+    crf_dirs = {'--la_crf_dir': args.la_crf_dir, '--ha_crf_dir': args.ha_crf_dir}
+    for flag, folder in crf_dirs.items():
+        require_dir(folder, f'CRF dicts ({flag})')
+    sizes = voc12.data.check_images(args.train_list, os.path.join(args.voc12_root, voc12.data.IMG_FOLDER_NAME))
+    voc12.data.check_crf_dicts(sizes, crf_dirs)
     seed_run(args)
     model = import_network(args.network, width=args.width, scratch=args.scratch)
     load_initial_weights(model, args.weights)

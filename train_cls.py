@@ -8,6 +8,7 @@ Writes <session_name>.pth (state dict), <session_name>.log, <session_name>.ckpt.
 --resume) and TensorBoard events under <session_name>_tb.
 """
 import argparse
+import os
 
 import numpy as np
 import torch
@@ -16,14 +17,14 @@ from torch.utils.data import DataLoader
 
 import voc12.data
 from tool import imutils
-from tool.cli import import_network, run_main
+from tool.cli import NETWORK_STRIDE, check_training_args, import_network, positive_int, run_main
 from tool.train_loop import add_training_args, autocast, fit, seed_run
 from tool.weights import load_initial_weights
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--batch_size', default=16, type=int)
+    parser.add_argument('--batch_size', default=16, type=positive_int)
     parser.add_argument('--max_epoches', default=15, type=int)
     parser.add_argument('--network', default='network.vgg16_cls', type=str)
     parser.add_argument('--lr', default=0.1, type=float)
@@ -82,8 +83,9 @@ def batch_loss(model, micro, batch):
     return loss, {'loss': loss.item()}
 
 
-def make_validate(args, dataset):
-    """validate(model) -> {'loss': mean multilabel soft margin loss over every image of the list}."""
+def make_validate(args, dataset, class_logits=None):
+    """validate(model) -> {'loss': mean multilabel soft margin loss over every image of the list};
+    `class_logits(model, img)` (default model(img)) for nets whose forward gives more than the logits."""
     loader = DataLoader(dataset, batch_size=args.micro_batch or args.batch_size, shuffle=False,
                         num_workers=args.num_workers)
 
@@ -93,14 +95,22 @@ def make_validate(args, dataset):
         with torch.no_grad():
             for _, img, label in loader:
                 with autocast(device, args.amp):
-                    logits = model(img.to(device))
+                    logits = class_logits(model, img.to(device)) if class_logits else model(img.to(device))
                 total += F.multilabel_soft_margin_loss(logits.float(), label.to(device), reduction='sum').item()
         return {'loss': total / len(dataset)}
     return validate
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    train(build_parser().parse_args(argv))
+
+
+def train(args, loss=batch_loss, class_logits=None, min_crop=NETWORK_STRIDE):
+    """The stage for parsed args; train_cls_ser / train_SEAM pass their loss, their validation logits and the
+    crop their downscaled branch needs."""
+    check_training_args(args, min_crop)
+    for list_path in filter(None, (args.train_list, args.val_list)):
+        voc12.data.check_images(list_path, os.path.join(args.voc12_root, voc12.data.IMG_FOLDER_NAME))
     seed_run(args)
     model = import_network(args.network, width=args.width, scratch=args.scratch)
     load_initial_weights(model, args.weights)
@@ -111,8 +121,8 @@ def main(argv=None):
     if args.val_list:
         val_set = voc12.data.VOC12ClsDataset(args.val_list, voc12_root=args.voc12_root, cls_labels=args.cls_labels,
                                              transform=ValTransform(model.normalize, args.val_crop))
-        validate = make_validate(args, val_set)
-    fit(args, model, train_set, batch_loss, validate=validate)
+        validate = make_validate(args, val_set, class_logits)
+    fit(args, model, train_set, loss, validate=validate)
 
 
 if __name__ == '__main__':

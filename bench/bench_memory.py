@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from network.affinity import pair_indices  # noqa: E402
+from tool.affinity import pair_indices  # noqa: E402
 from tool.cli import import_network  # noqa: E402
 from tool.torchutils import PolyOptimizer, parameter_groups  # noqa: E402
 from tool.train_loop import accumulate_gradients  # noqa: E402

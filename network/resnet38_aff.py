@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from network import affinity, parameter_groups, resnet38d
+from network import parameter_groups, resnet38d
+from tool import affinity
 
 
 class Net(resnet38d.Net):

@@ -6,10 +6,12 @@ from network import parameter_groups, resnet38d
 
 
 class Net(resnet38d.Net):
+    classes = 20  # fc8's output channels (SEAM's subclass adds a background channel)
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.dropout7 = nn.Dropout2d(0.5)
-        self.fc8 = nn.Conv2d(self.out_channels, 20, 1, bias=False)
+        self.fc8 = nn.Conv2d(self.out_channels, self.classes, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
         self.not_training = self.pretrained_layers([self.conv1a, self.b2, self.b2_1, self.b2_2])
         self.from_scratch_layers = [self.fc8]

@@ -8,14 +8,15 @@ from network import freeze_pretrained, scaled
 from tool.caffemodel import load_caffemodel
 from tool.io import UserError
 
-# (name, in channels, out channels, dilation) of the 3x3 convolutions; a max-pool follows the last of
-# each stage: 3x3 stride 2 after conv1-3, 3x3 stride 1 after conv4 and conv5.
+# (name, in channels, out channels, dilation) of the 3x3 convolutions; a 3x3 max-pool follows the last of
+# stages 1-4: stride 2 after conv1-3, stride 1 after conv4. The reference defines pool5 / pool5a but its
+# forward never applies them, so fc6 reads ReLU(conv5_3) directly.
 CONVS = (('conv1_1', 3, 64, 1), ('conv1_2', 64, 64, 1),
          ('conv2_1', 64, 128, 1), ('conv2_2', 128, 128, 1),
          ('conv3_1', 128, 256, 1), ('conv3_2', 256, 256, 1), ('conv3_3', 256, 256, 1),
          ('conv4_1', 256, 512, 1), ('conv4_2', 512, 512, 1), ('conv4_3', 512, 512, 1),
          ('conv5_1', 512, 512, 2), ('conv5_2', 512, 512, 2), ('conv5_3', 512, 512, 2))
-POOL_STRIDES = {'conv1_2': 2, 'conv2_2': 2, 'conv3_3': 2, 'conv4_3': 1, 'conv5_3': 1}
+POOL_STRIDES = {'conv1_2': 2, 'conv2_2': 2, 'conv3_3': 2, 'conv4_3': 1}
 
 
 class Normalize:

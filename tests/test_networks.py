@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from network import affinity, resnet38_aff, resnet38_cls, resnet38_seg, resnet38d, vgg16_aff, vgg16_cls, vgg16d
+from network import resnet38_aff, resnet38_cls, resnet38_seg, resnet38d, vgg16_aff, vgg16_cls, vgg16d
+from tool import affinity
 from tool.io import UserError
 
 FIXTURES = '/work/shared/fixtures'
@@ -103,11 +104,12 @@ def functional_resnet38(x, sd):
 
 def functional_vgg16(x, sd, fc6_dilation):
     taps = {}
-    for stage, (n_convs, pool_stride, dil) in enumerate([(2, 2, 1), (2, 2, 1), (3, 2, 1), (3, 1, 1), (3, 1, 2)], 1):
+    for stage, (n_convs, pool_stride, dil) in enumerate([(2, 2, 1), (2, 2, 1), (3, 2, 1), (3, 1, 1), (3, None, 2)], 1):
         for i in range(1, n_convs + 1):
             x = F.relu(conv(x, sd, f'conv{stage}_{i}', dilation=dil))
         taps[stage] = x
-        x = F.max_pool2d(x, 3, pool_stride, 1)
+        if pool_stride:
+            x = F.max_pool2d(x, 3, pool_stride, 1)
     x = F.relu(conv(x, sd, 'fc6', dilation=fc6_dilation))
     taps['fc7'] = F.relu(conv(x, sd, 'fc7'))
     return taps

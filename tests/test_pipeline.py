@@ -1,17 +1,21 @@
 """run_pipeline.py: every stage in process on tiny synthetic data, skipping, resuming, stage selection,
-pass-through flags, the summary, and the report (tool/report.py)."""
+pass-through flags, the summary, the report (tool/report.py), and the method tables and demo settings files
+that drive the stages (tool/pipeline.py)."""
+import argparse
 import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import run_pipeline
-from tool import report
+from tool import pipeline, report
 from tool.io import UserError, load_dict_npy, load_label_png
 from voc12.synthetic import make_voc
 
@@ -22,6 +26,9 @@ TINY = ['--width', '0.125', '--num_workers', '0', '--seed', '0',
         '--infer_seg_args=--scales 1,0.5']
 SCORE_KEYS = ('cam_miou', 'cam_best_miou', 'crf_la_miou', 'rw_miou', 'seg_miou', 'seg_nocrf_miou')
 RESULT_FILES = ('summary.json', 'report.md', 'report_grid.png')
+PSA = pipeline.METHODS['psa']
+STAGES = pipeline.stage_names(PSA)
+SCRIPT_STAGES = STAGES[:-1]
 
 
 @pytest.fixture(scope='module')
@@ -77,10 +84,10 @@ def test_full_run_writes_summary_report_and_grid(first_run, voc):
         assert math.isfinite(on_disk[key]) and 0 <= on_disk[key] <= 100, key
     assert on_disk['cam_best_miou'] >= on_disk['cam_miou'] - 1e-9  # the sweep includes 0.2
     assert on_disk['seg_miou'] == on_disk['seg_crf_miou']
-    assert on_disk['status'] == {stage: 'ran' for stage in run_pipeline.STAGES}
+    assert on_disk['status'] == {stage: 'ran' for stage in STAGES}
     seconds = on_disk['seconds']
-    assert all(seconds[s] > 0 for s in run_pipeline.SCRIPT_STAGES) and seconds['evaluate'] >= 0
-    assert seconds['total'] >= sum(seconds[s] for s in run_pipeline.STAGES) - 0.05
+    assert all(seconds[s] > 0 for s in SCRIPT_STAGES) and seconds['evaluate'] >= 0
+    assert seconds['total'] >= sum(seconds[s] for s in STAGES) - 0.05
 
     text = (work_dir / 'report.md').read_text()
     assert f"| random walk (AffinityNet) | {on_disk['rw_miou']:.1f} |" in text
@@ -118,8 +125,8 @@ def test_rerun_skips_every_stage_and_rewrites_nothing(first_run, voc, capsys):
     before = artefact_mtimes(work_dir)
     summary = run_pipeline.main(pipeline_argv(voc, work_dir))
     assert artefact_mtimes(work_dir) == before
-    assert summary['status'] == dict({s: 'skipped' for s in run_pipeline.SCRIPT_STAGES}, evaluate='ran')
-    assert all(summary['seconds'][s] is None for s in run_pipeline.SCRIPT_STAGES)
+    assert summary['status'] == dict({s: 'skipped' for s in SCRIPT_STAGES}, evaluate='ran')
+    assert all(summary['seconds'][s] is None for s in SCRIPT_STAGES)
     assert all(summary[k] == first[k] for k in SCORE_KEYS)
     out = capsys.readouterr().out
     assert out.count('outputs complete, skipped') == 6 and '| train_cls | skipped | (' in out
@@ -183,14 +190,16 @@ def test_bad_selection_and_wiring_overrides_stop_before_any_stage(voc, tmp_path)
 
 def test_boolean_stage_switches(voc, tmp_path):
     args = run_pipeline.build_parser().parse_args(['--work_dir', 'w', '--no-train_aff', '--to', 'infer_seg'])
-    assert run_pipeline.selected_stages(args) == ['train_cls', 'infer_cls', 'infer_aff', 'train_seg', 'infer_seg']
+    assert pipeline.selected_stages(args, PSA) == ['train_cls', 'infer_cls', 'infer_aff', 'train_seg', 'infer_seg']
     args = run_pipeline.build_parser().parse_args(['--work_dir', 'w', '--from', 'train_aff', '--no-evaluate'])
-    assert run_pipeline.selected_stages(args) == ['train_aff', 'infer_aff', 'train_seg', 'infer_seg']
+    assert pipeline.selected_stages(args, PSA) == ['train_aff', 'infer_aff', 'train_seg', 'infer_seg']
 
 
 def test_demo_generates_its_data_once_and_its_settings_parse(tmp_path, monkeypatch):
-    monkeypatch.setitem(run_pipeline.DEMO, 'data', ({'n_train': 4, 'n_val': 2, 'size': 64}, {'n_train': 3}))
-    off = [f'--no-{stage}' for stage in run_pipeline.STAGES]
+    psa_demo = pipeline.load_demo
+    monkeypatch.setattr(pipeline, 'load_demo',  # the settings file's stage flags, a smaller dataset
+                        lambda method, quick: psa_demo(method, quick)._replace(data={'n_train': 3, 'n_val': 2, 'size': 64}))
+    off = [f'--no-{stage}' for stage in STAGES]
     work_dir = tmp_path / 'demo'
     assert run_pipeline.main(['--demo', '--quick', '--work_dir', str(work_dir), *off]) is None  # argvs checked
     data = work_dir / 'data'
@@ -205,6 +214,83 @@ def test_demo_generates_its_data_once_and_its_settings_parse(tmp_path, monkeypat
         run_pipeline.main(['--demo', '--voc12_root', 'x', '--work_dir', str(work_dir)])
     with pytest.raises(UserError, match='--quick'):
         run_pipeline.main(['--quick', '--voc12_root', 'x', '--work_dir', str(work_dir)])
+
+
+FAKE_DEMO = """
+[data]
+n_train = 3
+n_val = 2
+size = 64
+quick = { n_val = 1 }
+[pipeline]
+width = 0.5
+[clf]
+args = ["--lr 0.3"]
+quick = ["--batch_size 2"]
+"""
+FAKE_FLAGS = ('--voc12_root', '--network', '--width', '--cls_labels', '--train_list', '--session_name', '--seed',
+              '--weights', '--infer_list', '--out', '--lr', '--batch_size')
+
+
+def fake_script(calls):
+    """A stage script module that records its argv; a training call writes <session_name>.pth."""
+    def build_parser():
+        p = argparse.ArgumentParser()
+        for flag in FAKE_FLAGS:
+            p.add_argument(flag)
+        return p
+
+    def main(argv):
+        calls.append(argv)
+        session = build_parser().parse_args(argv).session_name
+        if session:
+            os.makedirs(os.path.dirname(session), exist_ok=True)
+            Path(session + '.pth').touch()
+    return SimpleNamespace(build_parser=build_parser, main=main)
+
+
+def test_a_method_table_drives_the_stages(tmp_path, monkeypatch):
+    """A method of two stages with their own names, run by another script: stage options, wiring, the argv
+    order (wiring, tunables, method flags, demo settings, --<stage>_args), needs, skipping, stages.json."""
+    calls = []
+    monkeypatch.setitem(sys.modules, 'fake_stage_script', fake_script(calls))
+    (tmp_path / 'demo_fake.toml').write_text(FAKE_DEMO)
+    stages = (pipeline.Stage('clf', 'cls', session='net/clf', script='fake_stage_script', flags='--lr 0.5'),
+              pipeline.Stage('labels', needs=('clf',), weights='clf', script='fake_stage_script',
+                             outputs=(('val', (pipeline.Out('--out', 'lbl', 'png'),)),)))
+    monkeypatch.setitem(pipeline.METHODS, 'fake', pipeline.Method(stages, str(tmp_path / 'demo_fake.toml')))
+    work, data = tmp_path / 'work', tmp_path / 'work' / 'data'
+    argv = ['--method', 'fake', '--demo', '--quick', '--work_dir', str(work), '--no-evaluate', '--clf_args=--batch_size 3']
+    assert run_pipeline.main(argv) is None
+    assert json.loads((data / 'demo_params.json').read_text()) == {'n_train': 3, 'n_val': 1, 'size': 64, 'seed': 0}
+    assert calls == [
+        ['--voc12_root', str(data), '--network', 'network.resnet38_cls', '--width', '0.5',
+         '--cls_labels', str(data / 'cls_labels.npy'), '--train_list', str(data / 'lists' / 'train_aug.txt'),
+         '--session_name', str(work / 'net' / 'clf'), '--seed', '0',
+         '--lr', '0.5', '--lr', '0.3', '--batch_size', '2', '--batch_size', '3'],
+        ['--infer_list', str(data / 'lists' / 'val.txt'), '--weights', str(work / 'net' / 'clf.pth'), '--out', str(work / 'lbl')]]
+    records = json.loads((work / 'stages.json').read_text())
+    assert list(records) == ['clf', 'labels'] and records['clf']['script'] == 'fake_stage_script'
+    assert 'python fake_stage_script.py --infer_list ' in report.settings_text(records)
+
+    run_pipeline.main(argv)  # clf is complete; labels wrote nothing, so it runs again
+    assert len(calls) == 3 and calls[2] == calls[1]
+    shutil.rmtree(work / 'net')
+    with pytest.raises(UserError, match='labels needs the outputs of clf'):
+        run_pipeline.main(argv + ['--from', 'labels'])
+    with pytest.raises(SystemExit):  # the psa stage names are not this method's
+        run_pipeline.main(argv + ['--from', 'train_cls'])
+
+
+def test_a_bad_demo_settings_file_is_named(tmp_path):
+    path = tmp_path / 'demo_bad.toml'
+    for text, message in (('[train_cl]\nargs = []\n', r'\[train_cl\] is neither data, pipeline nor a stage'),
+                          ('[train_cls]\nargs = "--lr 0.1"\n', r'\[train_cls\] holds args = \[...\]'),
+                          ('[infer_cls]\nquick = [1]\n', r'\[infer_cls\] holds args'),
+                          ('[data\n', 'demo_bad.toml: ')):
+        path.write_text(text)
+        with pytest.raises(UserError, match=message):
+            pipeline.load_demo(PSA._replace(demo=str(path)), quick=False)
 
 
 def test_heat_map_ramp_and_blend():

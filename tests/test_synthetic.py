@@ -1,4 +1,5 @@
 """voc12.synthetic: VOC layout, label/XML/cls_labels agreement, determinism."""
+import colorsys
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from voc12 import synthetic
 from voc12.make_cls_labels import make_cls_labels
@@ -145,3 +147,55 @@ def test_cli(tmp_path):
     subprocess.run([sys.executable, '-m', 'voc12.synthetic', '--root', str(tmp_path), '--n_train', '3',
                     '--n_val', '2', '--seed', '5'], check=True, cwd=REPO, capture_output=True)
     assert len(read_ids(str(tmp_path), 'train')) == 3 and len(load_cls(str(tmp_path))) == 5
+
+
+@pytest.fixture(scope='module')
+def hard(tmp_path_factory):
+    return synthetic.make_demo(str(tmp_path_factory.mktemp('hard')), n_train=20, n_val=8, seed=4, preset='hard')
+
+
+def test_hard_layout_labels_and_determinism(hard, tmp_path):
+    assert len(read_ids(hard, 'train')) == 20 and len(read_ids(hard, 'val')) == 8
+    cls = check_labels_agree(hard, 128, 128)
+    assert set(np.flatnonzero(sum(cls.values()))) <= set(synthetic.DEMO_CLASSES)
+    again = synthetic.make_demo(str(tmp_path / 'a'), n_train=20, n_val=8, seed=4, preset='hard')
+    other = synthetic.make_demo(str(tmp_path / 'b'), n_train=20, n_val=8, seed=5, preset='hard')
+    for folder, ext in (('JPEGImages', 'jpg'), ('SegmentationClass', 'png')):
+        for i in read_ids(hard, 'trainval'):
+            a, b = (open(os.path.join(r, folder, f'{i}.{ext}'), 'rb').read() for r in (hard, again))
+            assert a == b
+    assert read_ids(other, 'trainval') != read_ids(hard, 'trainval')
+    with pytest.raises(synthetic.UserError, match='preset'):
+        synthetic.make_demo(str(tmp_path / 'c'), preset='easy')
+
+
+def hard_images(root):
+    for i in read_ids(root, 'trainval'):
+        image = np.asarray(Image.open(os.path.join(root, 'JPEGImages', f'{i}.jpg')), np.float32) / 255
+        yield image, label_png(root, 'SegmentationClassAug', i)
+
+
+def test_hard_features_are_present(hard):
+    hue = {}  # class -> median colour of each object's saturated pixels
+    touching = holed = thin = 0
+    for image, label in hard_images(hard):
+        touching += bool(np.concatenate([label[0], label[-1], label[:, 0], label[:, -1]]).any())
+        mx, mn = image.max(2), image.min(2)
+        saturated = (mx - mn) > 0.3 * mx  # the class colour, not the white pattern or the dull background
+        for c in set(np.unique(label)) - {0}:
+            mask = label == c
+            hue.setdefault(c - 1, []).append(np.median(image[mask & saturated], 0))
+            holed += bool((ndimage.binary_fill_holes(mask) & (label == 0)).sum() > 20)
+            opened = ndimage.binary_opening(mask, np.ones((7, 7), bool))
+            thin += bool((mask & ~opened).sum() > 0.4 * mask.sum())
+    assert touching >= 0.3 * 28 and holed >= 2 and thin >= 2, (touching, holed, thin)
+
+    def hue_of(k):
+        return colorsys.rgb_to_hsv(*np.median(hue[synthetic.DEMO_CLASSES[k]], 0))[0]
+
+    def distance(a, b):
+        d = abs(hue_of(a) - hue_of(b)) % 1
+        return min(d, 1 - d)
+    # classes 0 and 1, 2 and 3 share a colour; other classes are a quarter of the hue circle apart
+    assert distance(0, 1) < 0.05 and distance(2, 3) < 0.05, (distance(0, 1), distance(2, 3))
+    assert min(distance(0, 2), distance(0, 4), distance(2, 5), distance(4, 5)) > 0.15

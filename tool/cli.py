@@ -4,7 +4,9 @@ import importlib
 import os
 import sys
 
-from tool.io import UserError
+from tool.io import UserError, check_output_dir
+
+NETWORK_STRIDE = 8  # the output stride of every network of the pipeline
 
 
 def str2bool(value):
@@ -28,6 +30,31 @@ def scale_list(text):
     if not scales or min(scales) <= 0:
         raise argparse.ArgumentTypeError(f'expected comma-separated positive scales such as 1,0.5,1.5, got {text!r}')
     return scales
+
+
+def positive_int(text):
+    """argparse type for counts such as --batch_size: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+    return value
+
+
+def check_training_args(args, min_crop=NETWORK_STRIDE):
+    """Checks the training scripts make before reading any data: the crop holds at least one cell of the
+    network's output, the session files can be written and the --resume checkpoint can be read."""
+    if args.crop_size < min_crop:
+        raise UserError(f'--crop_size {args.crop_size} is too small: pass {min_crop} or more (the networks have '
+                        f'output stride {NETWORK_STRIDE})')
+    check_output_dir(os.path.dirname(os.path.abspath(args.session_name)), '--session_name')
+    if args.tblog_dir:
+        check_output_dir(args.tblog_dir, '--tblog_dir')
+    if args.resume:
+        from tool.train_loop import read_checkpoint  # tool.train_loop imports this module
+        read_checkpoint(args.resume)
 
 
 def add_network_args(parser, training=False):

@@ -52,14 +52,18 @@ def msf_forward(forward, image, scales, normalize, device, out_size=None, amp='n
     return total if sum_outputs else maps
 
 
-def pending_progress(ids, out_paths, overwrite=False, desc='images'):
+def pending_progress(ids, out_paths, overwrite=False, desc='images', check=None):
     """The ids still to do (all with `overwrite`) wrapped in a progress bar with ETA.
 
-    Under torchrun each process takes every WORLD_SIZE-th id starting at its RANK.
+    Under torchrun each process takes every WORLD_SIZE-th id starting at its RANK. `check(id)`, if given,
+    runs for each id to do before the bar starts (input checks that should stop the run before any output).
     """
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
     ids = list(ids)[rank::world]
     todo = pending(ids, out_paths, overwrite)
+    if check:
+        for name in todo:
+            check(name)
     if len(todo) < len(ids):
         print(f'{len(ids) - len(todo)} of {len(ids)} images already have all outputs; skipping them '
               '(--overwrite redoes them)')

@@ -1,8 +1,11 @@
 """Reading and atomically writing the pipeline's artefacts, with one-line errors for bad input."""
+import codecs
 import os
+import pickle
 import tempfile
 
 import numpy as np
+from numpy.lib import format as npformat
 from PIL import Image
 
 from tool.palette import PALETTE
@@ -13,11 +16,17 @@ class UserError(Exception):
 
 
 def atomic_write(path, write):
-    """Write via `write(tmp_path)` to a temp file in the target folder, then rename over `path`."""
+    """Write via `write(tmp_path)` to a temp file in the target folder, then rename over `path`.
+
+    A kill -9 before the rename leaves the hidden `.<name>.<random>.tmp`: it never ends in the output's
+    extension, so no '*.npy' / '*.png' glob takes it for an output (`write` must not rely on the extension).
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix=suffix, dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+    except OSError as e:
+        raise UserError(f'cannot write {path}: {e.strerror} (pick a writable output folder)')
     os.close(fd)
     try:
         write(tmp)
@@ -46,7 +55,8 @@ def atomic_save_png(path, label, palette=True):
 
 
 def atomic_save_image(path, image, **save_kwargs):
-    """Save a PIL image atomically (the format follows the file extension)."""
+    """Save a PIL image atomically (the format follows the file extension unless `format` is given)."""
+    save_kwargs.setdefault('format', Image.registered_extensions()[os.path.splitext(path)[1].lower()])
     atomic_write(path, lambda tmp: image.save(tmp, **save_kwargs))
 
 
@@ -67,17 +77,91 @@ def require_dir(path, what):
     return path
 
 
-def load_dict_npy(path):
-    """A pickled dict {int: HxW array} saved with np.save (CAM / CRF dicts of the reference)."""
-    require_file(path, 'score dict')
+def require_files(paths, what, hint):
+    """One UserError for all missing files: how many, the first, and `hint` (the flags to check)."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise UserError(f'{len(missing)} of {len(paths)} {what} not found, e.g. {missing[0]} ({hint})')
+
+
+def check_output_dir(path, flag):
+    """UserError unless the folder `path` can be created (or is there) and written, checked without creating
+    anything: its nearest existing ancestor must be a folder this process may write (also as root: a
+    read-only mount fails os.access)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f'{flag} {path}: {existing} is a file, not a folder; pick another output folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f'{flag} {path}: {existing} is not writable; pick a writable output folder')
+    return path
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+def _latin1_bytes(text, encoding):
+    """What protocol-2 pickles call to make bytes (`_codecs.encode(str, 'latin1')`), and nothing else."""
+    if encoding != 'latin1':
+        raise _Refused(f'it encodes text as {encoding!r}, which a dict of arrays never does')
+    return codecs.encode(text, 'latin1')
+
+
+def _allowed_globals():
+    """The callables np.save's pickle of a dict of arrays names, under the numpy 1.x and 2.x module names."""
+    reconstruct, scalar = np.zeros(0).__reduce__()[0], np.float32(0).__reduce__()[0]
+    allowed = {('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype, ('_codecs', 'encode'): _latin1_bytes}
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        allowed[module, '_reconstruct'] = reconstruct
+        allowed[module, 'scalar'] = scalar
+    return allowed
+
+
+class _DictUnpickler(pickle.Unpickler):
+    """Unpickles only numpy arrays, dtypes and scalars (and python builtins such as dict, int, str).
+
+    np.load(allow_pickle=True) calls whatever the file names, so a crafted .npy could run code.
+    """
+    ALLOWED = _allowed_globals()
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise _Refused(f'it pickles {module}.{name}, which a dict of arrays never holds')
+        return self.ALLOWED[module, name]
+
+
+def _unpickle_npy_object(path):
+    """The object of a 0-d object array saved by np.save, via _DictUnpickler; None if the file holds an array."""
+    with open(path, 'rb') as f:
+        version = npformat.read_magic(f)
+        read_header = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}[version]
+        shape, _, dtype = read_header(f)
+        if shape != () or dtype != object:
+            return None
+        array = _DictUnpickler(f).load()
+    return array.item() if isinstance(array, np.ndarray) and array.shape == () else None
+
+
+def load_dict_npy(path, key_type=int, what='score dict'):
+    """A pickled dict {key: array} saved with np.save, read without running code from the file.
+
+    key_type int: the CAM / CRF dicts of the reference ({class: HxW array}, numpy integer keys become
+    int); str: the image-level labels {id: float32[20]}."""
+    require_file(path, what)
     try:
-        data = np.load(path, allow_pickle=True)
-        scores = data.item() if data.dtype == object else None
+        obj = _unpickle_npy_object(path)
+    except _Refused as e:
+        raise UserError(f'refusing to load {what} {path}: {e} (delete it and rerun the stage that writes it)')
     except Exception as e:
-        raise UserError(f'corrupt score dict {path}: {e.__class__.__name__} (delete it and rerun the stage that writes it)')
-    if not isinstance(scores, dict):
-        raise UserError(f'{path} is not a dict of score maps (expected np.save of {{class: HxW array}})')
-    return scores
+        raise UserError(f'corrupt {what} {path}: {e.__class__.__name__} (delete it and rerun the stage that writes it)')
+    keys = (int, np.integer) if key_type is int else key_type
+    if not (isinstance(obj, dict) and all(isinstance(k, keys) for k in obj)
+            and all(isinstance(v, np.ndarray) and v.dtype != object for v in obj.values())):
+        raise UserError(f'{path} is not a {what} (expected np.save of a dict {{{key_type.__name__}: numeric array}}; '
+                        'rerun the stage that writes it)')
+    return {key_type(k): v for k, v in obj.items()}
 
 
 def load_label_png(path):
@@ -106,6 +190,20 @@ def load_image(path):
             return np.asarray(img.convert('RGB'))
     except Exception as e:
         raise UserError(f'corrupt image {path}: {e.__class__.__name__} (re-download or remove it from the list)')
+
+
+def check_image(path):
+    """(height, width) of an image file, after decoding all of it at 1/8 scale (a JPEG draft: fast, yet it
+    reads every byte, so a truncated file fails here rather than in the middle of a run)."""
+    require_file(path, 'image')
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            img.draft('RGB', (max(width // 8, 1), max(height // 8, 1)))
+            img.load()
+    except Exception as e:
+        raise UserError(f'corrupt image {path}: {e.__class__.__name__} (re-download or remove it from the list)')
+    return height, width
 
 
 def pending(ids, out_paths, overwrite=False):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from network.affinity import dense_affinity
+from tool.affinity import dense_affinity
 from tool.pyutils import get_indices_of_pairs, pair_offsets
 
 

@@ -9,6 +9,7 @@ import shlex
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tool import diagnosis
 from tool.io import atomic_save_image, atomic_write, load_dict_npy, load_image, load_label_png
 from tool.palette import colorize
 
@@ -60,10 +61,11 @@ def tables(summary, records):
 
 
 def settings_text(records):
-    """The argv of each stage as it last ran (`python <stage>.py ...`)."""
+    """The argv of each stage as it last ran (`python <script>.py ...`)."""
     lines = []
     for stage, record in records.items():
-        lines += [f'python {stage}.py {shlex.join(argv)}' for argv in record['argv']]
+        script = record.get('script', stage)  # stages.json of older runs has no 'script'
+        lines += [f'python {script}.py {shlex.join(argv)}' for argv in record['argv']]
     return '\n'.join(lines)
 
 
@@ -164,3 +166,56 @@ def write_report(work_dir, summary, records, columns, ids):
         grid = make_grid(grid_rows(columns, ids), [title for title, _, _ in columns])
         atomic_save_image(os.path.join(work_dir, GRID_NAME), grid, format='PNG')
     write_markdown(os.path.join(work_dir, 'report.md'), summary, records)
+
+
+# ------------------------------------------------------------------------------ diagnosis (tool/diagnosis.py)
+
+WORST_GRID_NAME = 'report_worst.png'
+
+
+def _percent(value):
+    return '-' if value is None or np.isnan(value) else f'{100 * value:.1f}'
+
+
+def diagnosis_table(diagnoses, class_names):
+    """Markdown: one row per stage of {stage title: diagnosis.diagnose_stage result}; per-class IoU columns
+    for the classes that occur in some stage (class_names[c] names label c)."""
+    shown = [c for c in range(len(class_names))
+             if any(not np.isnan(d['iou'][c]) for d in diagnoses.values())]
+    head = ['stage', 'mIoU', 'bg leak', 'missed fg', 'class confusion'] + [f'IoU {class_names[c]}' for c in shown]
+    lines = ['| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (len(head) - 1)]
+    for title, d in diagnoses.items():
+        cells = [d['miou'], d['bg_leak'], d['missed_fg'], d['confusion']] + [d['iou'][c] for c in shown]
+        lines.append(f'| {title} | ' + ' | '.join(_percent(v) for v in cells) + ' |')
+    return '\n'.join(lines)
+
+
+def worst_list(diagnoses):
+    """Markdown: per stage, its worst val images with their mIoU (%), worst first."""
+    return '\n'.join(f"- {title}: " + ', '.join(f"{i} ({_percent(d['image_miou'][i])})" for i in d['worst'])
+                     for title, d in diagnoses.items())
+
+
+def worst_grid(stages, image_of, gt_of):
+    """A PIL image: per stage (title, path_of(id) of its label PNGs, its diagnose_stage result) a grid with the
+    columns image, ground truth, the stage's labels and one row per worst image (worst first); stacked."""
+    grids = [make_grid(grid_rows([('image', 'image', image_of), ('ground truth', 'label', gt_of),
+                                  (title, 'label', pred_of)], d['worst']), ['image', 'ground truth', title])
+             for title, pred_of, d in stages]
+    out = Image.new('RGB', (max(g.width for g in grids), sum(g.height for g in grids)), (255, 255, 255))
+    y = 0
+    for g in grids:
+        out.paste(g, (0, y))
+        y += g.height
+    return out
+
+
+def diagnosis_section(work_dir, ids, stages, image_of, gt_of, class_names):
+    """Diagnose each stage (title, path_of(id) of its label PNGs) over `ids`, write <work_dir>/WORST_GRID_NAME
+    and return the report's markdown section (table, worst images, grid)."""
+    diagnoses = {title: diagnosis.diagnose_stage(ids, gt_of, pred_of, len(class_names)) for title, pred_of in stages}
+    grid = worst_grid([(title, pred_of, diagnoses[title]) for title, pred_of in stages], image_of, gt_of)
+    atomic_save_image(os.path.join(work_dir, WORST_GRID_NAME), grid, format='PNG')
+    return '\n'.join(['## Diagnosis (val, % of pixels)', '', diagnosis_table(diagnoses, class_names), '',
+                      'Worst val images per stage (image mIoU, %):', '', worst_list(diagnoses), '',
+                      f'![worst images]({WORST_GRID_NAME})', ''])

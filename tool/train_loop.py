@@ -46,10 +46,15 @@ def seed_run(args):
     """Seed python/numpy/torch with --seed, drawing one when absent (kept in args: logged and checkpointed).
 
     The training scripts call it before building the network, so its random initialisation repeats too;
-    fit calls it again, so the batches do not depend on how much randomness the network drew.
+    fit calls it again, so the batches do not depend on how much randomness the network drew. Under
+    torchrun that second call takes rank 0's seed on every rank: DistributedSampler needs one seed for all.
     """
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2 ** 31)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        shared = [args.seed]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        args.seed = shared[0]
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -62,7 +67,10 @@ def _seed_worker(worker_id):
 
 
 def _rng_state():
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    """The RNG states in types torch.load(weights_only=True) accepts (numpy's key as a list of ints)."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state['state'] = {'key': numpy_state['state']['key'].tolist(), 'pos': int(numpy_state['state']['pos'])}
+    state = {'python': random.getstate(), 'numpy': numpy_state, 'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
@@ -161,12 +169,22 @@ def save_checkpoint(path, model, optimizer, epoch, seed, scaler=None):
                              'scaler': scaler.state_dict() if scaler is not None else None})
 
 
+def read_checkpoint(path):
+    """The dict of save_checkpoint, read with weights_only=True (tensors and python values, no code)."""
+    require_file(path, '--resume checkpoint')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise UserError(f'cannot read the --resume checkpoint {path} ({e.__class__.__name__}); pass a '
+                        '<session_name>.ckpt.pth written by this version of the training scripts')
+    if not isinstance(ckpt, dict) or not {'model', 'optimizer', 'epoch', 'seed', 'rng'} <= ckpt.keys():
+        raise UserError(f'{path} is not a training checkpoint (expected <session_name>.ckpt.pth)')
+    return ckpt
+
+
 def _resume(path, model, optimizer, scaler):
     """Load a checkpoint; the poly schedule keeps this run's max_step (so --max_epoches may change)."""
-    require_file(path, '--resume checkpoint')
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    if not isinstance(ckpt, dict) or 'optimizer' not in ckpt:
-        raise UserError(f'{path} is not a training checkpoint (expected <session_name>.ckpt.pth)')
+    ckpt = read_checkpoint(path)
     model.load_state_dict(ckpt['model'])
     max_step = optimizer.max_step
     optimizer.load_state_dict(ckpt['optimizer'])
@@ -275,6 +293,8 @@ def fit(args, model, dataset, batch_loss, validate=None, collate_fn=None):
     start_epoch = 0
     if args.resume:
         start_epoch, args.seed = _resume(args.resume, model, optimizer, scaler)
+        if dist.world > 1:  # built before the checkpoint was read: the resumed epochs shuffle with its seed
+            loader.sampler.seed = args.seed
         print(f'resumed from {args.resume} after epoch {start_epoch} (seed {args.seed})')
     else:
         print(f'seed {args.seed}')

@@ -11,11 +11,13 @@ from torch.utils.data import Dataset
 from tool import imutils
 from tool.io import (
     UserError,
+    check_image,
     load_dict_npy,
     load_image,
     load_label_png,
     require_dir,
     require_file,
+    require_files,
 )
 from tool.metrics import check_labels
 from tool.pyutils import pair_offsets
@@ -59,15 +61,7 @@ def load_cls_labels(path=None):
     if isinstance(path, dict):
         return path
     path = DEFAULT_CLS_LABELS if path is None else path
-    require_file(path, 'image-level labels')
-    try:
-        labels = np.load(path, allow_pickle=True).item()
-    except Exception as e:
-        raise UserError(f'corrupt image-level labels {path}: {e.__class__.__name__} '
-                        '(rebuild it with voc12/make_cls_labels.py)')
-    if not isinstance(labels, dict):
-        raise UserError(f'{path} is not a dict id -> float32[20] (rebuild it with voc12/make_cls_labels.py)')
-    return labels
+    return load_dict_npy(path, str, 'image-level labels')
 
 
 def load_image_label_list_from_npy(img_name_list, cls_labels=None):
@@ -99,6 +93,26 @@ def load_image_label_from_xml(img_name, voc12_root):
 
 def get_img_path(img_name, voc12_root):
     return os.path.join(voc12_root, IMG_FOLDER_NAME, img_name + '.jpg')
+
+
+def check_images(list_path, img_dir, folder_what='JPEGImages (under --voc12_root)'):
+    """{id: (height, width)} of img_dir/<id>.jpg for the ids of a list file; a missing or corrupt image
+    stops the run here, before a stage writes anything (a few ms an image)."""
+    names = load_img_name_list(list_path)
+    require_dir(img_dir, folder_what)
+    paths = [os.path.join(img_dir, name + '.jpg') for name in names]
+    require_files(paths, f'images of {list_path}', 'check the image folder and the list')
+    return {name: check_image(path) for name, path in zip(names, paths)}
+
+
+def check_crf_dicts(sizes, crf_dirs):
+    """Read every CRF dict of the ids in `sizes` ({id: (height, width)}) from each folder of `crf_dirs`
+    ({flag: folder}) and check its keys and sizes, so that a bad file stops train_aff before training."""
+    for flag, folder in crf_dirs.items():
+        require_files([os.path.join(folder, name + '.npy') for name in sizes], f'CRF dicts of {flag}',
+                      'rerun infer_cls with --out_la_crf / --out_ha_crf for this list')
+        for name, size_hw in sizes.items():
+            _load_score_stack(os.path.join(folder, name + '.npy'), size_hw)
 
 
 def load_checked_label(path, size_hw):

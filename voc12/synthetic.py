@@ -14,18 +14,22 @@ Every object is a shape (ellipse, rectangle or polygon) filled with a class-spec
 texture, on a textured background, so a small network can learn the classes. The image-level labels, the
 XML and the masks agree: a class is labelled iff it has pixels in the mask.
 
+`make_demo(root, ..., preset='demo' | 'hard')` writes the same layout for the demo's six classes (see the
+demo scenes below; 'hard' is data of another design that the demo was not tuned on).
+
 CLI: `python -m voc12.synthetic --root DIR --n_train N --n_val M --seed S`.
 """
 import argparse
 import colorsys
 import os
 import xml.etree.ElementTree as ET
+from typing import Callable, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from tool.io import atomic_save_image, atomic_save_npy, atomic_save_png
+from tool.io import UserError, atomic_save_image, atomic_save_npy, atomic_save_png
 from voc12.data import CAT_LIST, N_CLASSES
 
 SHAPES = ('ellipse', 'rectangle', 'polygon')
@@ -51,9 +55,14 @@ def _smooth_noise(rng, h, w, cell):
     return np.asarray(Image.fromarray(small, mode='F').resize((w, h), Image.BILINEAR))
 
 
+def _dull_colour(rng):
+    """A random low-saturation colour (RGB 0..1)."""
+    return np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.25), rng.uniform(0.35, 0.75)))
+
+
 def _background(rng, h, w):
     """A low-saturation textured background: float32 HxWx3 in 0..255."""
-    base = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.25), rng.uniform(0.35, 0.75)))
+    base = _dull_colour(rng)
     shade = 45 * _smooth_noise(rng, h, w, cell=8)[..., None] + 20 * _smooth_noise(rng, h, w, cell=3)[..., None]
     return np.clip(255 * base + shade + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.float32)
 
@@ -78,14 +87,34 @@ def _paint(image, mask, colour, rng, texture=None, contrast=0.45):
     image[mask] = np.clip(fill + rng.normal(0, 5, fill.shape), 0, 255)
 
 
+def _bar(cy, cx, angle, length, half_width):
+    """Corners (x, y) of a bar from (cy, cx) `length` both ways along `angle`, 2 * half_width thick."""
+    d, n = np.array([np.cos(angle), np.sin(angle)]), np.array([-np.sin(angle), np.cos(angle)])
+    centre = np.array([cx, cy])
+    corners = ((1, 1), (1, -1), (-1, -1), (-1, 1))
+    return [tuple(map(float, centre + a * length * d + b * half_width * n)) for a, b in corners]
+
+
 def _shape_mask(rng, h, w, shape, cy, cx, ry, rx):
-    """Boolean HxW mask of an ellipse, rectangle or polygon centred at (cy, cx) with radii (ry, rx)."""
+    """Boolean HxW mask of a shape centred at (cy, cx) with radii (ry, rx): an ellipse, rectangle or polygon; a
+    ring (an ellipse with a hole); a bar (length max(ry, rx) each way) or a cross (arms ry and rx) 3-6 px thick
+    at 128 px, rotated."""
     canvas = Image.new('L', (w, h), 0)
     draw = ImageDraw.Draw(canvas)
     if shape == 'ellipse':
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=1)
     elif shape == 'rectangle':
         draw.rectangle([cx - rx, cy - ry, cx + rx, cy + ry], fill=1)
+    elif shape == 'ring':
+        hole = rng.uniform(0.45, 0.7)
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=1)
+        draw.ellipse([cx - hole * rx, cy - hole * ry, cx + hole * rx, cy + hole * ry], fill=0)
+    elif shape in ('bar', 'cross'):
+        half_width = rng.uniform(0.012, 0.024) * min(h, w)
+        angle = rng.uniform(0, np.pi)
+        arms = [(angle, max(ry, rx))] if shape == 'bar' else [(angle, ry), (angle + np.pi / 2, rx)]
+        for a, length in arms:
+            draw.polygon(_bar(cy, cx, a, length, half_width), fill=1)
     else:
         n = int(rng.integers(5, 9))
         angles = np.sort(rng.uniform(0, 2 * np.pi, n))
@@ -141,89 +170,212 @@ def _scene(rng, h, w, classes, max_objects, border):
 
 # ---------------------------------------------------------------- demo scenes
 
-# Six classes (cat, dog, cow, sheep, bus, car), each with its own colour. An object is a plain body with a
-# round part (a "head") at its rim, in the class colour checkered with white. Clutter blobs of the same
-# colours lie around, so a plain patch of colour says little: the checkered part is what identifies an
-# object. A classifier's CAMs are therefore strongest next to the part and fade over the rest of the body,
-# incomplete as CAMs of real images are. Body and part share their colour, so a colour-driven dCRF and
-# the affinities can carry the part's label over the body, as they do on real objects.
+# Six classes (cat, dog, cow, sheep, bus, car). An object is a plain body with a round part (a "head"), in
+# the class colour patterned with white. Clutter blobs of the same colours lie around, so a plain patch of
+# colour says little: the patterned part is what identifies an object. A classifier's CAMs are therefore
+# strongest next to the part and fade over the rest of the body, incomplete as CAMs of real images are. Body
+# and part share their colour, so a colour-driven dCRF and the affinities can carry the part's label over the
+# body, as they do on real objects.
+#
+# Presets (make_demo's `preset`): 'demo' gives each class its own colour and a checkered part on the rim of a
+# convex body, away from the image border. 'hard' (data the demo was not tuned on) has two pairs of classes
+# sharing a colour (checkered vs striped part), thin bars and crosses and rings among the bodies, parts
+# anywhere on the body, objects cut by the image border and occluded by each other and by background shapes,
+# a striped background, clutter in thin shapes too, decoys (the parts' white pattern on a dull colour), a
+# brightness ramp over the image and a wider range of object sizes.
 DEMO_CLASSES = (7, 11, 9, 16, 5, 6)
-_PART_WHITE = np.array([0.95, 0.95, 0.95])  # the part's other squares
+_PART_WHITE = np.array([0.95, 0.95, 0.95])  # the part's other squares or stripes
+PART_PATTERNS = ('checker', 'stripes')
+THIN_SHAPES = ('bar', 'cross')
+HARD_SHAPES = SHAPES + ('ring',) + THIN_SHAPES
+HARD_COLOURS = (0, 0, 1, 1, 2, 3)  # colour of each hard class among 4 hues: classes 0 and 1, 2 and 3 share one
+HARD_PATTERNS = ('checker', 'stripes', 'checker', 'stripes', 'checker', 'stripes')
 
 
-def _class_colour(rng, k):
-    """Colour of demo class k (index into DEMO_CLASSES): hues 60 degrees apart, a little jitter."""
-    return np.array(colorsys.hsv_to_rgb(k / len(DEMO_CLASSES) + rng.uniform(-0.02, 0.02), 0.7, 0.9))
+class DemoStyle(NamedTuple):
+    """How a make_demo preset draws its scenes."""
+    max_objects: int      # objects per image: 1..max_objects
+    n_distractors: int    # clutter shapes per image: 0..n_distractors
+    part_scale: float     # part radius relative to the body's smaller radius
+    radius: tuple         # range of the body radii, share of the image's smaller side
+    centre: tuple         # range of the body centre, share of the height and of the width
+    shapes: tuple         # body shapes (_shape_mask)
+    min_share: float      # share of each body's and part's area that occlusion must leave visible
+    n_occluders: int      # background shapes painted over the objects: 0..n_occluders
+    look: Callable        # (rng, h, w, k) -> colour (RGB 0..1) and white pattern (HxW bool) of demo class k
+    part: Callable        # (rng, h, w, body, cy, cx, ry, rx, part_scale) -> part centre and radius (py, px, pr)
+    clutter: Callable     # (rng, image, n_distractors) paints the clutter onto the background
+    light: bool           # a brightness ramp over the finished image
 
 
-def _demo_object(rng, h, w, k, part_scale):
-    """(body mask, part mask, painter) of one demo object; the painter fills an image."""
-    ry, rx = rng.uniform(0.16, 0.3, 2) * min(h, w)
-    cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
-    body = _shape_mask(rng, h, w, SHAPES[rng.integers(len(SHAPES))], cy, cx, ry, rx)
+def _class_colour(rng, k, n=len(DEMO_CLASSES)):
+    """Colour k of n: hues 360/n degrees apart, a little jitter."""
+    return np.array(colorsys.hsv_to_rgb(k / n + rng.uniform(-0.02, 0.02), 0.7, 0.9))
+
+
+def _part_pattern(rng, h, w, kind):
+    """HxW bool, where a part is white: 5 px squares ('checker') or 5 px stripes of any direction ('stripes')."""
+    if kind == 'checker':
+        return _checker(h, w, 5, rng.uniform(0, 5)) > 0
+    return _stripes(h, w, rng.uniform(0, np.pi), 10, rng.uniform(0, 2 * np.pi)) > 0
+
+
+def _demo_look(rng, h, w, k):
+    pattern = _part_pattern(rng, h, w, 'checker')
+    return _class_colour(rng, k), pattern
+
+
+def _hard_look(rng, h, w, k):
+    pattern = _part_pattern(rng, h, w, HARD_PATTERNS[k])
+    return _class_colour(rng, HARD_COLOURS[k], max(HARD_COLOURS) + 1), pattern
+
+
+def _part_on_rim(rng, h, w, body, cy, cx, ry, rx, part_scale):
+    """The part on the body's rim at a random angle, inside the image."""
     angle = rng.uniform(0, 2 * np.pi)
     pr = rng.uniform(0.8, 1.1) * part_scale * min(ry, rx)
-    py = np.clip(cy + 0.9 * ry * np.sin(angle), pr, h - 1 - pr)  # the part stays inside the image
+    py = np.clip(cy + 0.9 * ry * np.sin(angle), pr, h - 1 - pr)
     px = np.clip(cx + 0.9 * rx * np.cos(angle), pr, w - 1 - pr)
-    part = _shape_mask(rng, h, w, 'ellipse', py, px, pr, pr)
-    checker = _checker(h, w, 5, rng.uniform(0, 5)) > 0
-    colour = _class_colour(rng, k)
-
-    def paint(image, body_visible, part_visible):
-        _paint(image, body_visible | (part_visible & ~checker), colour, rng)
-        _paint(image, part_visible & checker, _PART_WHITE, rng)
-    return body & ~part, part, paint
+    return py, px, pr
 
 
-def _distractor(rng, image):
-    """Background clutter that looks like a body without a part: plain, in one of the class colours."""
+def _part_on_body(rng, h, w, body, cy, cx, ry, rx, part_scale):
+    """The part centred on a random pixel of the body (on an arm of a cross, at the image border, ...)."""
+    pr = max(0.045 * min(h, w), rng.uniform(0.8, 1.1) * part_scale * min(ry, rx))  # >= 5.8 px at 128 px
+    points = np.argwhere(body)
+    py, px = points[rng.integers(len(points))] if len(points) else (cy, cx)
+    return float(py), float(px), pr
+
+
+def _paint_part(image, body, part, colour, pattern, rng):
+    """Paint `body` and `part` (HxW bool) in `colour`, the part white where `pattern` is."""
+    _paint(image, body | (part & ~pattern), colour, rng)
+    _paint(image, part & pattern, _PART_WHITE, rng)
+
+
+def _clutter_mask(rng, h, w, shapes, scale):
+    """A shape anywhere in the image, radii `scale` (a range) of the smaller side."""
+    r = rng.uniform(*scale, 2) * min(h, w)
+    return _shape_mask(rng, h, w, shapes[rng.integers(len(shapes))], rng.uniform(0, h), rng.uniform(0, w), *r)
+
+
+def _demo_clutter(rng, image, n):
+    """0..n plain shapes in the class colours: bodies without a part."""
     h, w = image.shape[:2]
-    r = rng.uniform(0.1, 0.22, 2) * min(h, w)
-    mask = _shape_mask(rng, h, w, SHAPES[rng.integers(len(SHAPES))], rng.uniform(0, h), rng.uniform(0, w), *r)
-    _paint(image, mask, _class_colour(rng, int(rng.integers(len(DEMO_CLASSES)))), rng)
+    for _ in range(int(rng.integers(n + 1))):
+        _paint(image, _clutter_mask(rng, h, w, SHAPES, (0.1, 0.22)),
+               _class_colour(rng, int(rng.integers(len(DEMO_CLASSES)))), rng)
 
 
-def _demo_scene(rng, h, w, max_objects, n_distractors, part_scale, border, tries=50):
-    """A demo image: textured background, clutter, 1..max_objects part-bearing objects that stay visible."""
+def _hard_clutter(rng, image, n):
+    """Patchy stripes over the background, 0..n plain shapes in the class colours (thin ones too) and 1..2
+    decoys: the parts' white pattern on a dull colour."""
+    h, w = image.shape[:2]
+    strength = rng.uniform(15, 40) * (1 + _smooth_noise(rng, h, w, cell=32))
+    stripes = _stripes(h, w, rng.uniform(0, np.pi), rng.uniform(6, 12)) - 0.5
+    image[:] = np.clip(image + (strength * stripes)[..., None], 0, 255)
+    n_colours = max(HARD_COLOURS) + 1
+    for _ in range(int(rng.integers(n + 1))):
+        _paint(image, _clutter_mask(rng, h, w, HARD_SHAPES, (0.06, 0.2)),
+               _class_colour(rng, int(rng.integers(n_colours)), n_colours), rng)
+    for _ in range(int(rng.integers(1, 3))):
+        decoy = _clutter_mask(rng, h, w, SHAPES, (0.05, 0.1))
+        pattern = _part_pattern(rng, h, w, PART_PATTERNS[rng.integers(len(PART_PATTERNS))])
+        _paint_part(image, np.zeros_like(decoy), decoy, _dull_colour(rng), pattern, rng)
+
+
+def _occluders(rng, h, w, most):
+    """0..most background shapes (bars too) that will lie over the objects; none drawn when most is 0."""
+    if not most:
+        return []
+    return [_clutter_mask(rng, h, w, ('bar', 'ellipse', 'rectangle'), (0.05, 0.2))
+            for _ in range(int(rng.integers(most + 1)))]
+
+
+def _light(rng, image):
+    """A brightness ramp across the image in a random direction (x0.6..x1.4 at the far corners)."""
+    h, w = image.shape[:2]
+    yy, xx = _grid(h, w)
+    angle = rng.uniform(0, 2 * np.pi)
+    t = ((xx - w / 2) * np.cos(angle) + (yy - h / 2) * np.sin(angle)) / (max(h, w) / 2)
+    image[:] = np.clip(image * (1 + rng.uniform(0.15, 0.3) * t)[..., None], 0, 255)
+
+
+PRESETS = {
+    'demo': DemoStyle(max_objects=2, n_distractors=2, part_scale=0.6, radius=(0.16, 0.3), centre=(0.15, 0.85),
+                      shapes=SHAPES, min_share=0.6, n_occluders=0, look=_demo_look, part=_part_on_rim,
+                      clutter=_demo_clutter, light=False),
+    'hard': DemoStyle(max_objects=3, n_distractors=4, part_scale=0.4, radius=(0.1, 0.32), centre=(0.0, 1.0),
+                      shapes=HARD_SHAPES, min_share=0.4, n_occluders=2, look=_hard_look, part=_part_on_body,
+                      clutter=_hard_clutter, light=True),
+}
+
+
+def _demo_object(rng, h, w, style, k):
+    """(body mask, part mask, colour, white pattern) of one object of demo class k."""
+    ry, rx = rng.uniform(*style.radius, 2) * min(h, w)
+    cy, cx = rng.uniform(*style.centre) * h, rng.uniform(*style.centre) * w
+    body = _shape_mask(rng, h, w, style.shapes[rng.integers(len(style.shapes))], cy, cx, ry, rx)
+    py, px, pr = style.part(rng, h, w, body, cy, cx, ry, rx, style.part_scale)
+    part = _shape_mask(rng, h, w, 'ellipse', py, px, pr, pr)
+    colour, pattern = style.look(rng, h, w, k)
+    return body & ~part, part, colour, pattern
+
+
+def _demo_scene(rng, h, w, style, border, tries=50):
+    """A demo image: background, clutter, 1..max_objects part-bearing objects that stay visible, occluders."""
     for _ in range(tries):
-        n = int(rng.integers(1, max_objects + 1))
+        n = int(rng.integers(1, style.max_objects + 1))
         picks = [int(rng.integers(len(DEMO_CLASSES))) for _ in range(n)]
-        objects = [_demo_object(rng, h, w, k, part_scale) for k in picks]
-        # instance 2k+1 = body of object k, 2k+2 = its part; later objects occlude earlier ones
+        objects = [_demo_object(rng, h, w, style, k) for k in picks]
+        # instance 2k+1 = body of object k, 2k+2 = its part; later objects occlude earlier ones, occluders all
         instances = np.zeros((h, w), np.int32)
-        for k, (body, part, _) in enumerate(objects):
+        for k, (body, part, _, _) in enumerate(objects):
             instances[body] = 2 * k + 1
             instances[part] = 2 * k + 2
-        areas = [m.sum() for body, part, _ in objects for m in (body, part)]
+        occluders = _occluders(rng, h, w, style.n_occluders)
+        for mask in occluders:
+            instances[mask] = 0
+        areas = [m.sum() for body, part, _, _ in objects for m in (body, part)]
         visible = np.bincount(instances.ravel(), minlength=2 * n + 1)[1:]
-        if _visible_ok(instances, 2 * n, border) and (visible >= 0.6 * np.array(areas)).all():
+        if _visible_ok(instances, 2 * n, border) and (visible >= style.min_share * np.array(areas)).all():
             break
     else:
         raise ValueError(f'could not place visible demo objects in a {w}x{h} image; use a larger size')
     image = _background(rng, h, w)
-    for _ in range(int(rng.integers(n_distractors + 1))):
-        _distractor(rng, image)
+    style.clutter(rng, image, style.n_distractors)
     label = np.zeros((h, w), np.uint8)
     visible_objects = []
-    for k, (pick, (_, _, paint)) in enumerate(zip(picks, objects)):
+    for k, (pick, (_, _, colour, pattern)) in enumerate(zip(picks, objects)):
         body_visible, part_visible = instances == 2 * k + 1, instances == 2 * k + 2
-        paint(image, body_visible, part_visible)
+        _paint_part(image, body_visible, part_visible, colour, pattern, rng)
         c = DEMO_CLASSES[pick]
         label[body_visible | part_visible] = c + 1
         visible_objects.append((c, body_visible | part_visible))
+    for mask in occluders:
+        _paint(image, mask, _dull_colour(rng), rng, _stripes(h, w, rng.uniform(0, np.pi), rng.uniform(4, 9)), 0.3)
+    if style.light:
+        _light(rng, image)
     return image.round().astype(np.uint8), label, visible_objects
 
 
-def make_demo(root, n_train=600, n_val=100, size=128, seed=0, max_objects=2, n_distractors=2, part_scale=0.6,
-              border=2):
+def make_demo(root, n_train=600, n_val=100, size=128, seed=0, preset='demo', max_objects=None, n_distractors=None,
+              part_scale=None, border=2):
     """Write the demo dataset (classes DEMO_CLASSES) in VOC layout into `root`.
 
     size: square side, an int or an inclusive (lo, hi) range drawn per image (width and height each).
-    part_scale: part radius relative to the body's smaller radius.
+    preset: a key of PRESETS ('demo', or 'hard': data the demo was not tuned on).
+    max_objects, n_distractors, part_scale (part radius relative to the body's smaller radius): None keeps
+    the preset's.
     """
+    if preset not in PRESETS:
+        raise UserError(f"make_demo: preset {preset!r} is unknown; use one of {', '.join(PRESETS)}")
+    given = dict(max_objects=max_objects, n_distractors=n_distractors, part_scale=part_scale)
+    style = PRESETS[preset]._replace(**{k: v for k, v in given.items() if v is not None})
+
     def scene(rng):
         w, h = _draw_extent(rng, size), _draw_extent(rng, size)
-        return _demo_scene(rng, h, w, max_objects, n_distractors, part_scale, border)
+        return _demo_scene(rng, h, w, style, border)
     return _write_dataset(root, n_train, n_val, seed, scene, border)
 
 

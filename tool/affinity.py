@@ -1,4 +1,5 @@
-"""Pairwise affinities from a feature map on the radius-5 neighbourhood (shared by the affinity nets)."""
+"""Pairwise affinities from a feature map on the radius-5 neighbourhood (the affinity nets' output, also
+used by the random walk)."""
 import functools
 
 import torch

@@ -1,0 +1,363 @@
+"""The stage wiring of run_pipeline.py: a method is a table of stages (METHODS), its demo one TOML file.
+
+A Stage row says which script runs it (imported by name when its argv is checked or it runs, so this module
+imports no stage script and nothing of network/), which network's wiring it gets, what it reads and writes
+under --work_dir, which stages it needs, and the method's own flags of that script. The argv of a call is,
+in this order: the wiring (paths, lists, --network, --width, --cls_labels), the pipeline's tunables
+(--num_workers, --seed, --weights, the row's options), the method's flags, the demo settings
+(configs/<demo file> with --demo), then --<stage>_args; argparse keeps the last value, so --<stage>_args
+overrides everything before it except the wiring, which it may not change.
+
+A training stage (a row with a session) makes one call on the train list; its output is <session>.pth.
+Any other stage makes one call per list in its outputs, and is complete once every listed file exists.
+"""
+import importlib
+import inspect
+import json
+import os
+import shlex
+import time
+import tomllib
+from typing import NamedTuple
+
+import voc12.data
+from tool.io import UserError, atomic_write
+from voc12.synthetic import make_demo
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+class Out(NamedTuple):
+    """A per-image output folder of a call: `flag <work_dir>/<folder>` writing <id>.<ext>."""
+    flag: str
+    folder: str
+    ext: str
+    when: str = None   # a boolean option of run_pipeline.py that leaves the output out when off
+
+
+class Stage(NamedTuple):
+    """A row of a method's stage table."""
+    name: str               # --from/--to, --no-<name>, --<name>_args and the key in stages.json
+    net: str = None         # 'cls' / 'aff' / 'seg': the network wiring of NETS (None: no network)
+    needs: tuple = ()       # stages whose outputs must be complete before this one runs
+    session: str = None     # training stages: --session_name under --work_dir (.pth, .ckpt.pth, .log beside it)
+    weights: str = None     # the stage whose <session>.pth is --weights (a training stage: with --init_from_cls only)
+    inputs: tuple = ()      # (flag, folder under --work_dir) the stage reads
+    outputs: tuple = ()     # (list 'train' / 'val', (Out, ...)): one call per list
+    options: tuple = ()     # (flag, option of run_pipeline.py): tunables that --<stage>_args may override
+    script: str = None      # the script's module (default: name)
+    flags: str = ''         # the method's own flags of the script
+
+    @property
+    def module(self):
+        return self.script or self.name
+
+
+class Method(NamedTuple):
+    stages: tuple           # Stage rows in the order they run; evaluate follows them
+    demo: str               # the demo settings file under configs/
+
+
+# the network wiring: the same value reaches a network's training and inference
+NETS = {
+    'cls': lambda args: {'--voc12_root': args.voc12_root, '--network': args.cls_network, '--width': args.width,
+                         '--cls_labels': args.cls_labels},
+    'aff': lambda args: {'--voc12_root': args.voc12_root, '--network': args.aff_network, '--width': args.width},
+    'seg': lambda args: {'--network': args.seg_network, '--width': args.width,
+                         '--image_dir': os.path.join(args.voc12_root, 'JPEGImages')},
+}
+
+CAM, CRF_LA, RW = Out('--out_cam', 'cam', 'npy'), Out('--out_la_crf', 'crf_la', 'npy'), Out('--out_rw', 'rw', 'png')
+PSA = (
+    Stage('train_cls', 'cls', session='cls/res38_cls', options=(('--val_list', 'val_list'),)),
+    Stage('infer_cls', 'cls', needs=('train_cls',), weights='train_cls',
+          outputs=(('train', (CAM, CRF_LA, Out('--out_ha_crf', 'crf_ha', 'npy'))),
+                   ('val', (CAM, CRF_LA, Out('--out_cam_pred', 'cam_pred', 'png'))))),
+    Stage('train_aff', 'aff', needs=('infer_cls',), session='aff/res38_aff', weights='train_cls',
+          inputs=(('--la_crf_dir', 'crf_la'), ('--ha_crf_dir', 'crf_ha'))),
+    Stage('infer_aff', 'aff', needs=('train_aff', 'infer_cls'), weights='train_aff', inputs=(('--cam_dir', 'cam'),),
+          outputs=(('train', (RW,)), ('val', (RW,)))),
+    Stage('train_seg', 'seg', needs=('infer_aff',), session='seg/res38_seg', weights='train_cls',
+          inputs=(('--mask_dir', 'rw'),)),
+    Stage('infer_seg', 'seg', needs=('train_seg',), weights='train_seg',
+          outputs=(('val', (Out('--output', 'seg_pred', 'png'), Out('--output_crf', 'seg_crf', 'png', when='seg_crf'))),)),
+)
+METHODS = {'psa': Method(PSA, 'demo_psa.toml')}
+DEFAULT_METHOD = 'psa'
+
+
+def stage_names(method):
+    """The names --from/--to choose from: the method's stages, then evaluate."""
+    return tuple(s.name for s in method.stages) + ('evaluate',)
+
+
+def selected_stages(args, method):
+    names = stage_names(method)
+    first, last = names.index(args.first), names.index(args.last)
+    if first > last:
+        raise UserError(f'--from {args.first} comes after --to {args.last}; stages run in the order {", ".join(names)}')
+    return [s for s in names[first:last + 1] if getattr(args, s)]
+
+
+# ------------------------------------------------------------------------------ demo settings
+
+class Demo(NamedTuple):
+    path: str
+    data: dict        # make_demo's arguments
+    pipeline: dict    # run_pipeline.py's options
+    argv: dict        # stage -> flags
+
+
+def load_demo(method, quick):
+    """The method's demo settings file, with --quick's changes applied when `quick`."""
+    path = os.path.join(CONFIG_DIR, method.demo)
+    try:
+        with open(path, 'rb') as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f'{path}: {e}')
+    names = [s.name for s in method.stages]
+    for key in doc:
+        if key not in ('data', 'pipeline', *names):
+            raise UserError(f'{path}: [{key}] is neither data, pipeline nor a stage ({", ".join(names)})')
+
+    def table(key):
+        row = dict(doc.get(key, {}))
+        changes = row.pop('quick', {})
+        return dict(row, **(changes if quick else {}))
+
+    def flags(stage):
+        row = doc.get(stage, {})
+        full, changes = row.get('args', []), row.get('quick', [])
+        if set(row) - {'args', 'quick'} or not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                                                   for v in (full, changes)):
+            raise UserError(f'{path}: [{stage}] holds args = [...] and quick = [...], lists of flags such as "--lr 0.1"')
+        return [token for item in full + (changes if quick else []) for token in shlex.split(item)]
+
+    return Demo(path, table('data'), table('pipeline'), {s: flags(s) for s in names})
+
+
+def demo_data(args, demo):
+    """Generate the demo dataset into <work_dir>/data unless it is there (same settings); returns its root."""
+    unknown = set(demo.data) - set(inspect.signature(make_demo).parameters)
+    if unknown:
+        raise UserError(f'{demo.path}: [data] {sorted(unknown)[0]} is no argument of voc12.synthetic.make_demo')
+    params = dict(demo.data, seed=args.seed)
+    root = os.path.join(args.work_dir, 'data')
+    stamp = os.path.join(root, 'demo_params.json')
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            old = json.load(f)
+        if old != params:
+            raise UserError(f'{root} holds a demo dataset made with {old}, not {params}; '
+                            'use another --work_dir or delete that folder')
+        return root, False
+    print(f'generating the demo dataset into {root}: {params}')
+    make_demo(root, **params)
+    write_json(stamp, params)
+    return root, True
+
+
+def resolve_data(args, demo):
+    """Fill in the dataset options (from <work_dir>/data with `demo`, the Demo of --demo); returns the seconds
+    spent generating the demo data (None if it was there or there is no demo)."""
+    if args.quick and not args.demo:
+        raise UserError('--quick shortens the demo; use it with --demo')
+    if args.demo and args.voc12_root:
+        raise UserError('--demo brings its own data (<work_dir>/data); leave out --voc12_root')
+    if not args.demo:
+        if not args.voc12_root:
+            raise UserError('give --voc12_root (the VOC2012 folder) or --demo (built-in synthetic data)')
+        args.gt_dir = args.gt_dir or os.path.join(args.voc12_root, 'SegmentationClass')
+        return None
+    if args.seed is None:
+        args.seed = 0  # the demo is deterministic
+    start = time.perf_counter()
+    root, made = demo_data(args, demo)
+    args.voc12_root = root
+    args.train_list = os.path.join(root, 'lists', 'train_aug.txt')
+    args.val_list = os.path.join(root, 'lists', 'val.txt')
+    args.gt_dir = os.path.join(root, 'SegmentationClass')
+    args.cls_labels = os.path.join(root, 'cls_labels.npy')
+    for key, value in demo.pipeline.items():
+        if not hasattr(args, key):
+            raise UserError(f'{demo.path}: [pipeline] {key} is no option of run_pipeline.py')
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return time.perf_counter() - start if made else None
+
+
+# ------------------------------------------------------------------------------ calls and argv
+
+class Layout:
+    """Paths under --work_dir, the sessions of the training stages and the ids of the train and val lists."""
+
+    def __init__(self, args, method):
+        self.work_dir = args.work_dir
+        self.lists = {'train': args.train_list, 'val': args.val_list}
+        self.ids = {split: voc12.data.load_img_name_list(path) for split, path in self.lists.items()}
+        self.sessions = {s.name: s.session for s in method.stages if s.session}
+
+    @property
+    def val_ids(self):
+        return self.ids['val']
+
+    def path(self, *parts):
+        return os.path.join(self.work_dir, *parts)
+
+    def files(self, folder, ext, ids):
+        return tuple(self.path(folder, f'{i}.{ext}') for i in ids)
+
+    def session(self, stage):
+        return self.path(self.sessions[stage])
+
+    def weights(self, stage):
+        return None if stage is None else self.session(stage) + '.pth'
+
+
+class Call(NamedTuple):
+    """One main() call of a stage script."""
+    wiring: dict       # flag -> value (None: left out); --<stage>_args may not change these
+    tunables: dict     # flag -> value (None: left out); pipeline options that --<stage>_args may override
+    outputs: tuple     # the files that exist once the call is done
+
+
+def flag_argv(flags):
+    return [str(x) for flag, value in flags.items() if value is not None for x in (flag, value)]
+
+
+def stage_calls(args, lay, stage):
+    """[Call] of a stage row."""
+    net = NETS[stage.net](args) if stage.net else {}
+    inputs = {flag: lay.path(folder) for flag, folder in stage.inputs}
+    if stage.session:
+        wiring = dict(net, **{'--train_list': args.train_list}, **inputs, **{'--session_name': lay.session(stage.name)})
+        init = lay.weights(stage.weights) if stage.weights and args.init_from_cls else args.init_weights
+        tunables = {'--num_workers': args.num_workers, '--seed': args.seed, '--weights': init,
+                    **{flag: getattr(args, option) for flag, option in stage.options}}
+        return [Call(wiring, tunables, (lay.weights(stage.name),))]
+    calls = []
+    for split, outs in stage.outputs:
+        outs = [o for o in outs if o.when is None or getattr(args, o.when)]
+        wiring = dict(net, **{'--infer_list': lay.lists[split], '--weights': lay.weights(stage.weights)}, **inputs,
+                      **{o.flag: lay.path(o.folder) for o in outs})
+        tunables = {'--num_workers': args.num_workers, **{flag: getattr(args, option) for flag, option in stage.options}}
+        calls.append(Call(wiring, tunables, sum((lay.files(o.folder, o.ext, lay.ids[split]) for o in outs), ())))
+    return calls
+
+
+def extra_argv(args, stage, demo):
+    """The method's flags of `stage`, its demo settings (with a Demo) and --<stage>_args."""
+    try:
+        user = shlex.split(getattr(args, f'{stage.name}_args'))
+    except ValueError as e:
+        raise UserError(f'--{stage.name}_args: {e} (quote it as one shell word)')
+    return shlex.split(stage.flags) + (demo.argv[stage.name] if demo else []) + user
+
+
+def parse_stage_argv(stage, argv):
+    parser = importlib.import_module(stage.module).build_parser()
+    parser.prog = f'{stage.module}.py'
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as e:
+        if e.code == 0:  # --help of the stage
+            raise
+        raise UserError(f'the arguments of {stage.name} do not parse (see the message above): {shlex.join(argv)}')
+
+
+def stage_argvs(args, method, calls, demo):
+    """{stage: [argv per call]}; checks that every argv parses and that --<stage>_args leaves the wiring alone."""
+    argvs = {}
+    for stage in method.stages:
+        extra = extra_argv(args, stage, demo)
+        argvs[stage.name] = []
+        for call in calls[stage.name]:
+            wiring = flag_argv(call.wiring)
+            argv = wiring + flag_argv(call.tunables) + extra
+            wired, final = vars(parse_stage_argv(stage, wiring)), vars(parse_stage_argv(stage, argv))
+            changed = [dest for dest in (flag[2:] for flag in call.wiring) if wired[dest] != final[dest]]
+            if changed:
+                raise UserError(f'--{stage.name}_args sets --{changed[0]}, which the pipeline wires itself; use '
+                                f'run_pipeline.py\'s own option for it (see --help) or another --work_dir')
+            argvs[stage.name].append(argv)
+    return argvs
+
+
+# ------------------------------------------------------------------------------ running
+
+def missing_output(calls):
+    """The first output of the calls that does not exist, or None when the stage is complete."""
+    for call in calls:
+        for path in call.outputs:
+            if not os.path.exists(path):
+                return path
+    return None
+
+
+def resume_argv(stage, lay):
+    """--resume <checkpoint> for a training stage that was stopped after an epoch."""
+    ckpt = lay.session(stage.name) + '.ckpt.pth' if stage.session else None
+    return ['--resume', ckpt] if ckpt and os.path.exists(ckpt) else []
+
+
+def run_script_stage(stage, argvs, lay):
+    module = importlib.import_module(stage.module)
+    for argv in argvs:
+        argv = argv + resume_argv(stage, lay)
+        print(f'\n=== {stage.name}: python {stage.module}.py {shlex.join(argv)}', flush=True)
+        module.main(argv)
+
+
+def write_json(path, obj):
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=2)
+            f.write('\n')
+    atomic_write(path, write)
+
+
+def read_json(path):
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f'corrupt {path}: {e.__class__.__name__} (delete it; it is rewritten)')
+
+
+def warn_if_settings_changed(stage, argvs, record):
+    if record and record.get('argv') != argvs:
+        print(f'note: {stage} is complete from a run with other settings (stages.json); '
+              'delete its folder to redo it with the current ones')
+
+
+def run_stages(method, lay, run, calls, argvs, status, seconds):
+    """Run the selected stages whose outputs are incomplete; fills `status` and `seconds` per stage and
+    records what ran in stages.json. Returns the records."""
+    records_path = lay.path('stages.json')
+    records = read_json(records_path)
+    for stage in method.stages:
+        name = stage.name
+        seconds[name] = None
+        if name not in run:
+            status[name] = 'off'
+            continue
+        if missing_output(calls[name]) is None:
+            status[name] = 'skipped'
+            warn_if_settings_changed(name, argvs[name], records.get(name))
+            print(f'=== {name}: outputs complete, skipped')
+            continue
+        for need in stage.needs:
+            gap = missing_output(calls[need])
+            if gap:
+                raise UserError(f'{name} needs the outputs of {need}, but {gap} is missing; run {need} '
+                                f'first (e.g. --from {need})')
+        start = time.perf_counter()
+        run_script_stage(stage, argvs[name], lay)
+        seconds[name] = time.perf_counter() - start
+        status[name] = 'ran'
+        records[name] = {'script': stage.module, 'argv': argvs[name], 'seconds': round(seconds[name], 2)}
+        write_json(records_path, records)
+    return records
