@@ -37,6 +37,7 @@ def _rank_gradients(rank, world, port, out):
     train_loop.accumulate_gradients(dist.wrap(model), local, cls_share, 0, dist.device)
     if rank == 0:
         torch.save([p.grad for p in (model.conv.weight, model.fc8.weight, model.fc8.bias)], out)
+    torch.distributed.barrier()  # no rank tears gloo down while the other still talks to it
     torch.distributed.destroy_process_group()
 
 
