@@ -30,6 +30,8 @@ def build_parser():
     parser.add_argument('--cam_dir', required=True, type=str, help='CAM dicts of infer_cls --out_cam')
     parser.add_argument('--voc12_root', required=True, type=str)
     parser.add_argument('--alpha', default=16, type=int, help='background score (1 - max CAM) ** alpha')
+    parser.add_argument('--bg_score', default=None, type=float,
+                        help="constant background score instead of (1 - max CAM) ** alpha (SSENet's infer_aff: 0.2)")
     parser.add_argument('--cam_power', default=1.0, type=float,
                         help='sharpen the CAMs (CAM ** power) before the walk; 1 = the reference')
     parser.add_argument('--out_rw', required=True, type=str, help='folder for the label PNGs')
@@ -44,8 +46,9 @@ def build_parser():
     return parser
 
 
-def cam_stack(cam_dict, size_hw, alpha, path, power=1.0):
-    """(21, H, W) float32: channel k+1 = CAM of class k (** power), channel 0 = (1 - max over classes) ** alpha."""
+def cam_stack(cam_dict, size_hw, alpha, path, power=1.0, bg_score=None):
+    """(21, H, W) float32: channel k+1 = CAM of class k (** power), channel 0 = (1 - max over classes) ** alpha,
+    or the constant `bg_score` when given (the zero padding to a multiple of 8 comes later, as in the references)."""
     cam = np.zeros((N_CLASSES + 1,) + tuple(size_hw), np.float32)
     for k, v in cam_dict.items():
         if not (isinstance(k, (int, np.integer)) and 0 <= k < N_CLASSES):
@@ -54,7 +57,7 @@ def cam_stack(cam_dict, size_hw, alpha, path, power=1.0):
             raise UserError(f'{path}: CAM of class {k} is {np.shape(v)} but the image is {tuple(size_hw)} '
                             '(rerun infer_cls for this image)')
         cam[k + 1] = v if power == 1 else np.asarray(v, np.float32) ** power
-    cam[0] = (1 - np.max(cam[1:], axis=0)) ** alpha
+    cam[0] = (1 - np.max(cam[1:], axis=0)) ** alpha if bg_score is None else bg_score
     return cam
 
 
@@ -65,9 +68,9 @@ def cam_path(cam_dir, name):
 class WalkInputs(Dataset):
     """(CHW normalised image, (21, H, W) CAM stack, None) or (None, None, one-line error) per id."""
 
-    def __init__(self, ids, voc12_root, cam_dir, normalize, alpha, power=1.0):
+    def __init__(self, ids, voc12_root, cam_dir, normalize, alpha, power=1.0, bg_score=None):
         self.ids, self.voc12_root, self.cam_dir = ids, voc12_root, cam_dir
-        self.normalize, self.alpha, self.power = normalize, alpha, power
+        self.normalize, self.alpha, self.power, self.bg_score = normalize, alpha, power, bg_score
 
     def __len__(self):
         return len(self.ids)
@@ -77,7 +80,7 @@ class WalkInputs(Dataset):
         try:
             img = load_image(voc12.data.get_img_path(name, self.voc12_root))
             path = cam_path(self.cam_dir, name)
-            cam = cam_stack(load_dict_npy(path), img.shape[:2], self.alpha, path, self.power)
+            cam = cam_stack(load_dict_npy(path), img.shape[:2], self.alpha, path, self.power, self.bg_score)
         except UserError as e:  # returned, not raised: a worker's exception would reach us as a traceback
             return None, None, str(e)
         return np.ascontiguousarray(HWC_to_CHW(self.normalize(img))), cam, None
@@ -119,7 +122,7 @@ def main(argv=None):
     check_output_dir(args.out_rw, '--out_rw')
     bar = pending_progress(sizes, lambda name: [png_path(name)], args.overwrite, desc='random walk', check=check_cam)
     inputs = WalkInputs(list(bar.iterable), args.voc12_root, args.cam_dir, model.normalize, args.alpha,
-                        args.cam_power)
+                        args.cam_power, args.bg_score)
     loader = DataLoader(inputs, batch_size=None, num_workers=args.num_workers)
     for name, (img, cam, error) in zip(bar, loader):  # the loader yields the pending ids in order
         if error:

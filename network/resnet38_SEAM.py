@@ -28,12 +28,16 @@ class Net(resnet38_cls.Net):
         d = self.forward_as_dict(x)
         cam = self.fc8(self.dropout7(d['conv6']))
         with torch.no_grad():
-            seeds = max_onehot(with_background(peak_norm(cam)))
+            seeds = self.pcm_seeds(cam)
         # The PCM learns from its own features: the backbone's are detached.
         f = torch.cat([F.interpolate(x, cam.shape[2:], mode='bilinear', align_corners=True),
                        F.relu(self.f8_3(d['conv4'].detach())), F.relu(self.f8_4(d['conv5'].detach()))], dim=1)
         return tuple(F.interpolate(t, x.shape[2:], mode='bilinear', align_corners=True)
                      for t in (cam, self.pcm(seeds, f)))
+
+    def pcm_seeds(self, cam):
+        """The PCM's input: peak-normed CAM, background slot 1 - max foreground, only the top foreground kept."""
+        return max_onehot(with_background(peak_norm(cam)))
 
     def pcm(self, cam, f):
         """cam (N, C, h, w) times the column-normalised affinities ReLU(F_i . F_j) of the L2-normalised f9(f)."""

@@ -203,3 +203,48 @@ def test_cam_power_sharpens_before_the_background_score():
     np.testing.assert_allclose(stack[0], [[(1 - 0.25) ** 2, 0.0]])
     assert infer_aff.build_parser().parse_args(['--weights', 'w', '--cam_dir', 'c', '--out_rw', 'r',
                                                 '--voc12_root', 'v']).cam_power == 1.0
+
+
+# infer_aff_<codebase>_original.npz: the ORIGINAL infer_aff.py of YudeWang/SSENet-pytorch 873c442 (background a
+# constant 0.2, beta 8, logt 8) and of YudeWang/SEAM 3212261 ((1 - max CAM) ** 6, beta 8, logt 6), run unchanged on
+# CPU with their defaults (shims: .cuda(), np.load allow_pickle, scipy.misc.imsave) on one seeded 85x97 JPEG
+# (`jpeg`, its bytes), a fixed CAM dict (`cam_keys`, `cam_<k>`) and resnet38_aff filled with
+# tests/reference_weights.fill(net, `seed`); `rw` is the label array it saved.
+DESCENDANT_FLAGS = {'ssenet': ['--bg_score', '0.2'], 'seam': ['--alpha', '6', '--logt', '6']}
+
+
+@pytest.mark.parametrize('codebase', sorted(DESCENDANT_FLAGS))
+def test_descendant_flags_equal_the_original_infer_aff(codebase, tmp_path):
+    from reference_weights import deterministic_state_dict
+    ref = np.load(os.path.join(REPO, 'tests', 'fixtures', f'infer_aff_{codebase}_original.npz'))
+    name = str(ref['name'])
+    os.makedirs(tmp_path / 'voc' / 'JPEGImages')
+    (tmp_path / 'voc' / 'JPEGImages' / f'{name}.jpg').write_bytes(ref['jpeg'].tobytes())
+    (tmp_path / 'list.txt').write_text(f'/JPEGImages/{name}.jpg /SegmentationClassAug/{name}.png\n')
+    atomic_save_npy(str(tmp_path / 'cam' / f'{name}.npy'), {int(k): ref[f'cam_{k}'] for k in ref['cam_keys']})
+    with torch.device('meta'):
+        shapes = {k: tuple(v.shape) for k, v in resnet38_aff.Net().state_dict().items()}
+    torch.save({k: torch.from_numpy(v) for k, v in deterministic_state_dict(shapes, int(ref['seed'])).items()},
+               tmp_path / 'aff.pth')
+    mismatched = {}
+    for rw in ('dense', 'sparse'):
+        infer_aff.main(['--infer_list', str(tmp_path / 'list.txt'), '--voc12_root', str(tmp_path / 'voc'),
+                        '--network', 'network.resnet38_aff', '--weights', str(tmp_path / 'aff.pth'),
+                        '--cam_dir', str(tmp_path / 'cam'), '--out_rw', str(tmp_path / rw), '--num_workers', '0',
+                        '--rw', rw, '--device', 'cpu', *DESCENDANT_FLAGS[codebase]])
+        labels = read_png(tmp_path / rw / f'{name}.png')[2]
+        print(codebase, rw, 'mismatched pixels', int((labels != ref['rw']).sum()), 'of', labels.size)
+        assert len(np.unique(ref['rw'])) == 3  # background and both classes: the comparison is not vacuous
+        if rw == 'dense':  # the original's float32 matrix power
+            np.testing.assert_array_equal(labels, ref['rw'])
+        else:  # float64 sparse steps: near-ties of the constant background may flip
+            assert (labels != ref['rw']).mean() < 1e-3
+
+
+def test_bg_score_replaces_the_alpha_background_before_the_padding():
+    cam = {3: np.array([[0.5, 1.0]], np.float32)}
+    stack = infer_aff.cam_stack(cam, (1, 2), alpha=16, path='x.npy', bg_score=0.2)
+    np.testing.assert_array_equal(stack[0], np.float32([[0.2, 0.2]]))
+    np.testing.assert_array_equal(stack[4], cam[3])
+    padded = infer_aff.pad_to_multiple(torch.from_numpy(stack))
+    assert padded.shape[1:] == (8, 8) and padded[0, 1:].sum() == 0 and padded[0, 0, 2:].sum() == 0
