@@ -4,12 +4,13 @@
         --gt_dir VOC2012/SegmentationClass --comment note --type png
     python evaluation.py ... --predict_dir cam --type npy --curve True    # background-score sweep
 
-One dataset-level confusion matrix (pixels where GT and prediction are both < 255), accumulated by worker
-processes that each decode a chunk of the images. `--type npy` reads CAM dicts {class 0..19: HxW} and
-labels each pixel with argmax([t, CAMs]) for a constant background score t (`--t`, default 0.2 as PSA's
-cam_pred); `--curve True` sweeps t = 0.00..0.59 instead, prints the best t, and writes the curve as CSV
-and PNG (`--curve_out`, default: beside the log file). That best t is picked against the ground truth
-(an oracle number, not a fair weakly supervised result).
+One dataset-level confusion matrix over the pixels whose GT is < 255, accumulated by worker processes that
+each decode a chunk of the images. As the reference (SEAM / SSENet evaluation.py), a predicted 255 on such a
+pixel is a miss of its GT class; `--ignore_pred_255` leaves those pixels out instead (this project's former
+default). `--type npy` reads CAM dicts {class 0..19: HxW} and labels each pixel with argmax([t, CAMs]) for
+a constant background score t (`--t`, default 0.2 as PSA's cam_pred); `--curve True` sweeps t = 0.00..0.59
+instead, prints the best t, and writes the curve as CSV and PNG (`--curve_out`, default: beside the log
+file). That best t is picked against the ground truth (an oracle number, not a fair weakly supervised result).
 """
 import argparse
 import csv
@@ -55,14 +56,16 @@ def split_ids(ids, workers):
 
 
 def _chunk_confusion(job):
-    """Summed confusion of a chunk of ids: (n, n) for PNGs, (len(thresholds), n, n) for CAM dicts."""
-    ids, predict_dir, gt_dir, kind, thresholds, n = job
+    """Summed confusion of a chunk of ids: (n, n + 1) for PNGs ((n, n) with ignore_pred_255),
+    (len(thresholds), n, n) for CAM dicts."""
+    ids, predict_dir, gt_dir, kind, thresholds, n, ignore_pred_255 = job
     total = 0
     for image_id in ids:
         pred_path, gt_path = _paths(image_id, predict_dir, gt_dir, kind)
         gt = load_label_png(gt_path)
         if kind == 'png':
-            total = total + metrics.label_confusion(gt, load_label_png(pred_path), n, gt_path, pred_path)
+            total = total + metrics.label_confusion(gt, load_label_png(pred_path), n, gt_path, pred_path,
+                                                    pred_255_column=not ignore_pred_255)
             continue
         metrics.check_labels(gt, n, gt_path)
         cams = load_dict_npy(pred_path)
@@ -91,7 +94,8 @@ def _percent(scores):
     return out
 
 
-def evaluate(ids, predict_dir, gt_dir, type='png', thresholds=None, workers=None, num_classes=21, absent='zero'):
+def evaluate(ids, predict_dir, gt_dir, type='png', thresholds=None, workers=None, num_classes=21, absent='zero',
+             ignore_pred_255=False):
     """Score the predictions of `ids` against `gt_dir/<id>.png`.
 
     type 'png': label PNGs `predict_dir/<id>.png`. type 'npy': CAM dicts `predict_dir/<id>.npy` scored at
@@ -100,7 +104,9 @@ def evaluate(ids, predict_dir, gt_dir, type='png', thresholds=None, workers=None
     Returns the keys of tool.metrics.scores_from_confusion (IoU, precision, recall, FP/ALL, FN/ALL and
     their means in percent; per class as lists; `absent` says how a class absent from GT and prediction
     counts, see scores_from_confusion) plus
-    'confusion' (n x n counts) and 'num_images'. workers: processes decoding in parallel (0/1: in-process).
+    'confusion' (n x n counts; for PNGs n x (n + 1), the last column the GT pixels predicted 255, unless
+    ignore_pred_255 leaves those pixels out as GT 255) and 'num_images'. workers: processes decoding in parallel
+    (0/1: in-process).
     """
     if type not in ('png', 'npy'):
         raise UserError(f'--type {type}: choose png (label maps) or npy (CAM dicts)')
@@ -113,7 +119,8 @@ def evaluate(ids, predict_dir, gt_dir, type='png', thresholds=None, workers=None
     workers = default_workers() if workers is None else workers
     _check_files(ids, predict_dir, gt_dir, type)
 
-    jobs = [(chunk, predict_dir, gt_dir, type, thresholds, num_classes) for chunk in split_ids(ids, workers)]
+    jobs = [(chunk, predict_dir, gt_dir, type, thresholds, num_classes, ignore_pred_255)
+            for chunk in split_ids(ids, workers)]
     confusion = _confusions(jobs, workers)
     if type == 'png':
         return {**_percent(metrics.scores_from_confusion(confusion, absent)), 'confusion': confusion,
@@ -196,6 +203,9 @@ def build_parser():
     p.add_argument('--absent_classes', choices=['zero', 'skip'], default='zero',
                    help='a class absent from GT and prediction: IoU 0 in the mean (zero, the reference) or left '
                         'out (skip, for datasets that use fewer classes)')
+    p.add_argument('--ignore_pred_255', action='store_true',
+                   help='--type png: leave out pixels predicted 255, as if their GT were 255 (default: a miss of '
+                        'the GT class, as the reference)')
     p.add_argument('--workers', default=default_workers(), type=int,
                    help='processes decoding images in parallel (0: in the main process)')
     return p
@@ -234,7 +244,7 @@ def main(argv=None):
     print(f'evaluating {args.predict_dir} ({args.type}) against {args.gt_dir}, '
           f'list {args.list} ({len(ids)} images)')
     result = evaluate(ids, args.predict_dir, args.gt_dir, args.type, thresholds, args.workers, args.num_classes,
-                      args.absent_classes)
+                      args.absent_classes, args.ignore_pred_255)
     if args.curve:
         print('oracle curve: the background score is picked against the ground truth')
         for k, (t, miou) in enumerate(result['curve']):

@@ -19,11 +19,12 @@ N = 21
 
 # ----------------------------------------------------------------------------- independent reference
 
-def independent_scores(gts, preds, n=N):
-    """Per-class TP/T/P from boolean masks (pixels where GT and prediction are both < 255)."""
+def independent_scores(gts, preds, n=N, ignore_pred_255=False):
+    """Per-class TP/T/P from boolean masks over the pixels whose GT is < 255 (a predicted 255 is a miss, as
+    the reference), or, with ignore_pred_255, whose GT and prediction are both < 255."""
     tp, t, p = np.zeros(n), np.zeros(n), np.zeros(n)
     for gt, pred in zip(gts, preds):
-        valid = (gt != 255) & (pred != 255)
+        valid = (gt != 255) & ((pred != 255) if ignore_pred_255 else True)
         for c in range(n):
             t[c] += np.sum((gt == c) & valid)
             p[c] += np.sum((pred == c) & valid)
@@ -35,8 +36,9 @@ def independent_scores(gts, preds, n=N):
     out = {}
     for key, num, den in (('iou', tp, union), ('fp_all', p - tp, union), ('fn_all', t - tp, union),
                           ('t_tp', t, tp), ('p_tp', p, tp)):
-        # x / 0 is inf, 0 / 0 is 0 (the reference's 1e-10 denominators), absent classes NaN
-        ratio = np.array([a / b if b else (np.inf if a else 0.0) for a, b in zip(num, den)])
+        # T/TP, P/TP: the reference's TP + 1e-10 (x / 0 is x * 1e10); the rest exact; 0 / 0 is 0; absent NaN
+        eps = 1e-10 if key in ('t_tp', 'p_tp') else 0
+        ratio = np.array([a / (b + eps) if b + eps else 0.0 for a, b in zip(num, den)])
         out[key] = np.where(present, ratio, np.nan)
     out['miou'] = out['iou'][present].mean()
     out['fg_miou'] = out['iou'][fg].mean()
@@ -122,13 +124,17 @@ def test_label_confusion_of_noise_equals_masked_bincount():
     valid = (gt < 255) & (pred < 255)
     expected = np.bincount(gt[valid].astype(int) * N + pred[valid], minlength=N * N).reshape(N, N)
     np.testing.assert_array_equal(metrics.label_confusion(gt, pred, N), expected)
+    with_misses = metrics.label_confusion(gt, pred, N, pred_255_column=True)
+    np.testing.assert_array_equal(with_misses[:, :N], expected)
+    misses = (gt < 255) & (pred == 255)
+    np.testing.assert_array_equal(with_misses[:, N], np.bincount(gt[misses], minlength=N))
 
 
 def test_scores_equal_independent_counts(pairs):
     gts, preds = pairs
     conf = sum(metrics.label_confusion(g, p, N) for g, p in zip(gts, preds))
     scores = metrics.scores_from_confusion(conf, absent='skip')
-    expected = independent_scores(gts, preds)
+    expected = independent_scores(gts, preds, ignore_pred_255=True)
     assert_scores_equal(scores, expected, scale=1)
     assert np.isnan(scores['iou'][7]) and scores['iou'][5] == 0 and scores['iou'][9] == 0
     # IoU + FP/ALL + FN/ALL = 1 for every present class
@@ -155,11 +161,21 @@ def test_absent_classes_count_as_zero_by_default_like_the_reference(pairs):
     assert abs(scores['miou'] - reference_iou.mean()) < 1e-9
 
 
-def test_inf_ratio_for_class_never_predicted_right():
+def test_ratios_of_class_never_predicted_right_are_the_references():
+    """T/TP and P/TP divide by TP + 1e-10 as the reference: 1e10 * T, not inf."""
     conf = np.array([[5, 1], [3, 0]])
     scores = metrics.scores_from_confusion(conf)
-    assert scores['iou'][1] == 0 and scores['t_tp'][1] == np.inf and scores['p_tp'][1] == np.inf
-    assert scores['iou'][0] == pytest.approx(5 / 9)
+    assert scores['iou'][1] == 0 and scores['t_tp'][1] == 3 / 1e-10 and scores['p_tp'][1] == 1 / 1e-10
+    assert scores['iou'][0] == 5 / 9 and scores['recall'][1] == 0 and scores['precision'][1] == 0
+    assert metrics.scores_from_confusion(np.array([[2, 0], [0, 1]]))['iou'][1] == 1  # no 1e-10 in the union
+
+
+def test_predicted_255_column_counts_in_t_only():
+    conf = np.array([[5, 1, 2], [3, 4, 6]])  # last column: GT pixels predicted 255
+    scores = metrics.scores_from_confusion(conf)
+    np.testing.assert_allclose(scores['iou'], [5 / (8 + 8 - 5), 4 / (13 + 5 - 4)])
+    np.testing.assert_allclose(scores['recall'], [5 / 8, 4 / 13])
+    np.testing.assert_allclose(scores['precision'], [5 / 8, 4 / 5])
 
 
 @pytest.mark.parametrize('t', [-0.05, 0.0, 0.3, 0.5])
@@ -177,12 +193,15 @@ def test_cam_to_label_matches_reference_argmax(t):
 # ----------------------------------------------------------------------------- evaluate()
 
 @pytest.mark.parametrize('workers', [0, 2])
-def test_evaluate_png_equals_independent(pairs, tmp_path, workers):
+@pytest.mark.parametrize('ignore_pred_255', [False, True])
+def test_evaluate_png_equals_independent(pairs, tmp_path, workers, ignore_pred_255):
     gts, preds = pairs
     ids, pred_dir, gt_dir = write_pairs(tmp_path, gts, preds)
-    result = evaluation.evaluate(ids, pred_dir, gt_dir, 'png', workers=workers, absent='skip')
-    assert_scores_equal(result, independent_scores(gts, preds))
-    assert result['num_images'] == len(ids) and result['confusion'].shape == (N, N)
+    result = evaluation.evaluate(ids, pred_dir, gt_dir, 'png', workers=workers, absent='skip',
+                                 ignore_pred_255=ignore_pred_255)
+    assert_scores_equal(result, independent_scores(gts, preds, ignore_pred_255=ignore_pred_255))
+    assert result['num_images'] == len(ids)
+    assert result['confusion'].shape == (N, N if ignore_pred_255 else N + 1)
 
 
 @pytest.fixture(scope='module')

@@ -1,7 +1,10 @@
 """Segmentation scores from one dataset-level confusion matrix, as the reference's evaluation.py counts them.
 
 conf[g, p] counts the pixels whose ground truth is g and prediction is p, over pixels where both are
-valid (not 255). Label maps are HxW uint8 class indices; 255 means "ignore".
+valid (not 255). The reference (SEAM / SSENet evaluation.py) ignores only GT 255: a prediction of 255 on a
+valid GT pixel is a miss of the GT class. label_confusion(..., pred_255_column=True) keeps those pixels in an
+extra last column, which scores_from_confusion counts in T only. Label maps are HxW uint8 class indices; 255
+means "ignore".
 """
 import functools
 
@@ -49,9 +52,10 @@ def check_same_size(pred_shape, gt_shape, pred_path, gt_path):
                         f'{_size(gt_shape)}; predictions must have the size of the ground truth')
 
 
-def label_confusion(gt, pred, num_classes, gt_path='ground truth', pred_path='prediction'):
+def label_confusion(gt, pred, num_classes, gt_path='ground truth', pred_path='prediction', pred_255_column=False):
     """num_classes x num_classes confusion of one uint8 image pair: bincount of gt * n + pred over pixels
-    where both are < 255. UserError on a size mismatch or a label that is neither a class nor 255."""
+    where both are < 255; with pred_255_column an (n + 1)th column counts the valid GT pixels predicted 255.
+    UserError on a size mismatch or a label that is neither a class nor 255."""
     check_same_size(pred.shape, gt.shape, pred_path, gt_path)
     gt_values, pred_values, lengths = _runs(gt, pred)
     index, k = _class_index(num_classes), num_classes + 2
@@ -60,7 +64,7 @@ def label_confusion(gt, pred, num_classes, gt_path='ground truth', pred_path='pr
     if counts[-1].any() or counts[:, -1].any():
         _check_values(gt_values, num_classes, gt_path)
         _check_values(pred_values, num_classes, pred_path)
-    return counts[:num_classes, :num_classes].astype(np.int64)
+    return counts[:num_classes, :num_classes + int(pred_255_column)].astype(np.int64)
 
 
 def check_labels(label, num_classes, path):
@@ -127,29 +131,40 @@ def _ratio(num, den):
     return np.divide(num, den, out=out, where=den > 0)
 
 
+def _reference_ratio(num, den):
+    """The reference's num / (den + 1e-10): 0 where both are 0, num * 1e10 where only den is 0."""
+    return num / (den + 1e-10)
+
+
 def scores_from_confusion(conf, absent='zero'):
     """Scores of a confusion matrix, as fractions.
 
-    Per class: iou = TP / (T + P - TP), precision TP/P, recall TP/T, t_tp, p_tp, fp_all = (P - TP) / union,
-    fn_all = (T - TP) / union. A class absent from both ground truth and prediction scores 0 and counts in
-    the means with absent='zero' (the reference); with absent='skip' it is NaN and left out of the means
-    (for datasets with fewer classes; on VOC every class occurs, so both agree).
+    conf: (n, n), or (n, n + 1) whose last column holds GT pixels predicted 255 (misses: counted in T only).
+    Per class: iou = TP / union (union = T + P - TP), fp_all = (P - TP) / union, fn_all = (T - TP) / union
+    (the reference adds 1e-10 to union: at most 1e-10 / union relative, and an IoU of 1 stays exactly 1);
+    t_tp = T / (TP + 1e-10) and p_tp = P / (TP + 1e-10) as the reference (T * 1e10, not inf, when TP is 0);
+    precision TP/P and recall TP/T (not in the reference; inf / 0 as _ratio). A class absent from both ground
+    truth and prediction scores 0 and counts in the means with absent='zero' (the reference); with
+    absent='skip' it is NaN and left out of the means (for datasets with fewer classes; on VOC every class
+    occurs, so both agree).
     Means: miou over all classes; t_tp, p_tp, fp_all, fn_all and fg_miou over the foreground classes 1..
     """
     conf = np.asarray(conf, np.float64)
-    tp = np.diag(conf)
+    n = conf.shape[0]
+    tp = np.diag(conf[:, :n])
     t = conf.sum(1)
-    p = conf.sum(0)
+    p = conf[:, :n].sum(0)
     union = t + p - tp
     present = union > 0
+    safe_union = np.where(present, union, 1)
     per_class = {
-        'iou': tp / np.where(present, union, 1),
+        'iou': tp / safe_union,
         'precision': _ratio(tp, p),
         'recall': _ratio(tp, t),
-        't_tp': _ratio(t, tp),
-        'p_tp': _ratio(p, tp),
-        'fp_all': (p - tp) / np.where(present, union, 1),
-        'fn_all': (t - tp) / np.where(present, union, 1),
+        't_tp': _reference_ratio(t, tp),
+        'p_tp': _reference_ratio(p, tp),
+        'fp_all': (p - tp) / safe_union,
+        'fn_all': (t - tp) / safe_union,
     }
     if absent not in ('zero', 'skip'):
         raise ValueError(f"absent must be 'zero' or 'skip', got {absent!r}")
