@@ -29,6 +29,10 @@ SEAM = infer_cls.Variant('infer_SEAM', 'network.resnet38_SEAM', 'voc12/train.txt
                          lambda model: lambda x: model(x)[1][:, 1:], seam_norm, 0.26, (4, 24))
 
 
+def build_parser():
+    return infer_cls.build_parser(SEAM, __doc__)
+
+
 def main(argv=None):
     infer_cls.main(argv, SEAM, __doc__)
 

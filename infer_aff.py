@@ -47,8 +47,9 @@ def build_parser():
 
 
 def cam_stack(cam_dict, size_hw, alpha, path, power=1.0, bg_score=None):
-    """(21, H, W) float32: channel k+1 = CAM of class k (** power), channel 0 = (1 - max over classes) ** alpha,
-    or the constant `bg_score` when given (the zero padding to a multiple of 8 comes later, as in the references)."""
+    """(21, H, W) float32: channel k+1 = CAM of class k (with power != 1: clipped at 0, then ** power), channel 0 =
+    (1 - max over classes) ** alpha, or the constant `bg_score` when given (the zero padding to a multiple of 8
+    comes later, as in the references)."""
     cam = np.zeros((N_CLASSES + 1,) + tuple(size_hw), np.float32)
     for k, v in cam_dict.items():
         if not (isinstance(k, (int, np.integer)) and 0 <= k < N_CLASSES):
@@ -56,7 +57,7 @@ def cam_stack(cam_dict, size_hw, alpha, path, power=1.0, bg_score=None):
         if np.shape(v) != tuple(size_hw):
             raise UserError(f'{path}: CAM of class {k} is {np.shape(v)} but the image is {tuple(size_hw)} '
                             '(rerun infer_cls for this image)')
-        cam[k + 1] = v if power == 1 else np.asarray(v, np.float32) ** power
+        cam[k + 1] = v if power == 1 else np.maximum(v, 0, dtype=np.float32) ** power  # SEAM's CAMs dip below 0
     cam[0] = (1 - np.max(cam[1:], axis=0)) ** alpha if bg_score is None else bg_score
     return cam
 

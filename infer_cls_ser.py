@@ -17,6 +17,10 @@ SSENET = infer_cls.Variant('infer_cls_ser', 'network.resnet38_cls_ser', 'voc12/v
                            lambda model: lambda x: F.relu(model(x)), infer_cls.max_norm, 0.2, (4, 24))
 
 
+def build_parser():
+    return infer_cls.build_parser(SSENET, __doc__)
+
+
 def main(argv=None):
     infer_cls.main(argv, SSENET, __doc__)
 

@@ -4,14 +4,22 @@
     python run_pipeline.py --demo --work_dir demo_run             # built-in synthetic data, CPU, minutes
     python run_pipeline.py --demo --work_dir demo_run --from infer_aff --to infer_seg
     python run_pipeline.py --demo --work_dir demo_run --train_seg_args="--max_epoches 10 --lr 0.02"
+    python run_pipeline.py --demo --method seam --work_dir demo_seam          # SEAM's stages 1-2, then PSA's
+    python run_pipeline.py --demo --method all --work_dir demo_all            # psa, ssenet, seam side by side
+    python run_pipeline.py --demo --demo_preset hard --work_dir demo_hard     # data the demo was not tuned on
+    python run_pipeline.py --demo --work_dir mine --voc12_root DIR --train_list A --val_list B --gt_dir G --cls_labels L
 
-Stages of --method psa: train_cls, infer_cls, train_aff, infer_aff, train_seg, infer_seg, evaluate. Each
+Stages of every method: train_cls, infer_cls, train_aff, infer_aff, train_seg, infer_seg, evaluate. Each
 script stage is its script's main() called in this process with an argv built from the method's stage table
-(tool/pipeline.py METHODS; printed first, so the stage can be rerun by hand with `python <script>.py <argv>`).
-The argv is, in this order: the wiring (paths, lists, --network, --width, --cls_labels), the pipeline's
-tunables (--num_workers, --seed, --init_weights), the method's own flags (none for psa), the demo settings
-(--demo: configs/demo_<method>.toml, which says why each is set), then --<stage>_args; argparse keeps the
-last value, so --<stage>_args overrides everything before it except the wiring, which it may not change.
+(tool/pipeline.py METHODS; printed first, so the stage can be rerun by hand with `python <script>.py <argv>`):
+psa runs train_cls.py / infer_cls.py, ssenet train_cls_ser.py / infer_cls_ser.py, seam train_SEAM.py /
+infer_SEAM.py, each with its own classification network (--cls_network's default), then all of them
+train_aff, infer_aff, train_seg and infer_seg. The argv is, in this order: the wiring (paths, lists,
+--network, --width, --cls_labels), the pipeline's tunables (--num_workers, --seed, --init_weights), the
+method's own flags (ssenet and seam: train_aff --lr 0.01 --batch_size 8 --max_epoches 8; infer_aff ssenet
+--bg_score 0.2 --beta 8 --logt 8, seam --alpha 6 --beta 8 --logt 6), the demo settings (--demo:
+configs/demo_<method>.toml, which says why each is set), then --<stage>_args; argparse keeps the last
+value, so --<stage>_args overrides everything before it except the wiring, which it may not change.
 
 Artefacts pass through folders of --work_dir:
 
@@ -28,12 +36,18 @@ Artefacts pass through folders of --work_dir:
     seg_crf/<id>.png    infer_seg --output_crf (val images; --no-seg_crf leaves it out)
     stages.json         script, argv and wall time of the run that wrote each stage's outputs
     summary.json, report.md, report_grid.png    written by the evaluate stage (val split, mIoU in %)
+    report_worst.png    evaluate: the five worst val images of each label stage (the report's diagnosis)
+
+--method all runs each method in <work_dir>/<method> (the layout above) on the same data and seed (--demo:
+generated once into <work_dir>/data) and writes <work_dir>/methods.md and methods.png (mIoU per stage and
+method, side by side, and the wall times).
 
 A stage whose outputs all exist is skipped, so a killed run continues: inference stages redo only the
 missing images, a training stage resumes from its last epoch checkpoint. To redo a stage, delete its
 folder (and those of the stages after it). evaluate always runs (seconds).
 """
 import argparse
+import copy
 import os
 import time
 
@@ -41,8 +55,8 @@ import torch
 
 from tool import pipeline, pipeline_eval
 from tool.cli import run_main
-
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+from tool.io import UserError
+from voc12.synthetic import PRESETS
 
 
 def method_name(argv):
@@ -50,32 +64,44 @@ def method_name(argv):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument('--method', default=pipeline.DEFAULT_METHOD)
     name = pre.parse_known_args(argv)[0].method
-    return name if name in pipeline.METHODS else pipeline.DEFAULT_METHOD  # the parser reports a wrong one
+    return name if name in pipeline.METHODS or name == pipeline.ALL else pipeline.DEFAULT_METHOD  # the parser reports a wrong one
 
 
 def build_parser(method=pipeline.DEFAULT_METHOD):
-    rows = pipeline.METHODS[method].stages
-    stages = pipeline.stage_names(pipeline.METHODS[method])
-    demo = pipeline.load_demo(pipeline.METHODS[method], quick=False).pipeline
+    """The parser of --method `method`; with 'all' the stage options are those every method shares (the
+    default method's) and the networks default to each method's own."""
+    table = pipeline.METHODS.get(method, pipeline.METHODS[pipeline.DEFAULT_METHOD])
+    rows = table.stages
+    stages = pipeline.stage_names(table)
+    demo = pipeline.load_demo(table, quick=False).pipeline
+    networks = {} if method == pipeline.ALL else table.networks
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--work_dir', required=True, help='folder for every artefact (see the layout above)')
-    p.add_argument('--method', choices=sorted(pipeline.METHODS), default=pipeline.DEFAULT_METHOD,
-                   help='the stage table that runs (tool/pipeline.py METHODS); --demo reads '
-                        'configs/demo_<method>.toml (default %(default)s)')
-    data = p.add_argument_group('data (ignored with --demo, which uses <work_dir>/data)')
-    data.add_argument('--voc12_root', help='VOC2012 folder (JPEGImages/, SegmentationClass/)')
-    data.add_argument('--train_list', default=os.path.join(REPO_DIR, 'voc12', 'train_aug.txt'),
-                      help='images for training and pseudo labels (default: voc12/train_aug.txt beside this file)')
-    data.add_argument('--val_list', default=os.path.join(REPO_DIR, 'voc12', 'val.txt'),
-                      help='images that are scored (default: voc12/val.txt beside this file)')
+    p.add_argument('--method', choices=sorted(pipeline.METHODS) + [pipeline.ALL], default=pipeline.DEFAULT_METHOD,
+                   help="the stage table that runs (tool/pipeline.py METHODS); --demo reads "
+                        "configs/demo_<method>.toml (default %(default)s). 'all' runs every method on the same data "
+                        "and seed, each in <work_dir>/<method>, and writes <work_dir>/methods.md and methods.png")
+    p.set_defaults(data_source=None)  # set by tool/pipeline.resolve_data; --method all passes its shared data on
+    data = p.add_argument_group('data (with --demo: generated into <work_dir>/data unless --voc12_root is given)')
+    data.add_argument('--voc12_root', help='VOC2012 folder (JPEGImages/, SegmentationClass/); with --demo: run the '
+                                           "demo settings on this folder instead of generating the demo data")
+    data.add_argument('--train_list',
+                      help='images for training and pseudo labels (default: voc12/train_aug.txt beside this file; '
+                           '--demo: <voc12_root>/lists/train_aug.txt)')
+    data.add_argument('--val_list', help='images that are scored (default: voc12/val.txt beside this file; '
+                                         '--demo: <voc12_root>/lists/val.txt)')
     data.add_argument('--gt_dir', help='ground-truth masks of the val images (default: <voc12_root>/SegmentationClass)')
-    data.add_argument('--cls_labels', help="image-level labels .npy (default: the stage scripts' voc12/cls_labels.npy)")
+    data.add_argument('--cls_labels', help="image-level labels .npy (default: the stage scripts' voc12/cls_labels.npy; "
+                                           '--demo: <voc12_root>/cls_labels.npy)')
 
     demo_group = p.add_argument_group('demo')
     demo_group.add_argument('--demo', action='store_true',
                             help='generate the demo dataset into <work_dir>/data (once) and run with the demo '
                                  'settings (configs/demo_<method>.toml)')
     demo_group.add_argument('--quick', action='store_true', help='with --demo: fewer images and epochs (CI)')
+    demo_group.add_argument('--demo_preset', choices=sorted(PRESETS), default=None,
+                            help=f"with --demo: make_demo's preset of the generated data (default "
+                                 f"{pipeline.DEFAULT_PRESET}; 'hard': data the demo settings were not tuned on)")
     demo_group.add_argument('--seed', type=int, default=None,
                             help='seed of the training stages (--seed) and, with --demo, of the dataset (default 0 there)')
 
@@ -87,9 +113,9 @@ def build_parser(method=pipeline.DEFAULT_METHOD):
                          help=f'run {stage} (--no-{stage} skips it)')
 
     net = p.add_argument_group('networks (wiring: the same value reaches a network\'s training and inference)')
-    net.add_argument('--cls_network', default='network.resnet38_cls')
-    net.add_argument('--aff_network', default='network.resnet38_aff')
-    net.add_argument('--seg_network', default='network.resnet38_seg')
+    for name in pipeline.NETS:
+        net.add_argument(f'--{name}_network', default=networks.get(name),
+                         help="default: the method's (tool/pipeline.py METHODS; %(default)s)")
     net.add_argument('--width', type=float, default=None, help=f"backbone width multiplier (default 1; --demo {demo.get('width')})")
     net.add_argument('--init_weights', default=None,
                      help='--weights of the three training stages (ImageNet .params / .caffemodel / .pth; '
@@ -121,12 +147,12 @@ def build_parser(method=pipeline.DEFAULT_METHOD):
     return p
 
 
-def main(argv=None):
-    args = build_parser(method_name(argv)).parse_args(argv)
+def run_method(args):
+    """One method's stages and evaluation; returns the summary (None with evaluate off)."""
     method = pipeline.METHODS[args.method]
     wall_start = time.perf_counter()
     os.makedirs(args.work_dir, exist_ok=True)
-    demo = pipeline.load_demo(method, args.quick) if args.demo else None
+    demo = pipeline.load_demo(method, args.quick, args.demo_preset) if args.demo else None
     data_seconds = pipeline.resolve_data(args, demo)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,7 +164,7 @@ def main(argv=None):
         pipeline_eval.check_ground_truth(args, lay)
 
     status, seconds = {}, {}
-    if args.demo:
+    if args.data_source == 'generated':
         status['demo_data'] = 'ran' if data_seconds is not None else 'skipped'
         seconds['demo_data'] = data_seconds
     records = pipeline.run_stages(method, lay, run, calls, argvs, status, seconds)
@@ -146,6 +172,37 @@ def main(argv=None):
         print('evaluate is off: no summary')
         return None
     return pipeline_eval.evaluate_and_report(args, lay, records, status, seconds, wall_start)
+
+
+def run_all(args):
+    """--method all: the data (--demo: the default method's demo data, generated once into <work_dir>/data),
+    then each method in <work_dir>/<method>; writes methods.md and methods.png. Returns {method: summary}."""
+    given = [f'--{name}_network' for name in pipeline.NETS if getattr(args, f'{name}_network')]
+    if given:
+        raise UserError(f'{given[0]} with --method all: each method trains its own networks; run one method to change them')
+    os.makedirs(args.work_dir, exist_ok=True)
+    shared = copy.copy(args)
+    demo = pipeline.load_demo(pipeline.METHODS[pipeline.DEFAULT_METHOD], args.quick, args.demo_preset) if args.demo else None
+    pipeline.resolve_data(shared, demo)
+    summaries = {}
+    for name, method in pipeline.METHODS.items():
+        sub = copy.copy(args)
+        for key in ('voc12_root', 'train_list', 'val_list', 'gt_dir', 'cls_labels', 'seed', 'data_source'):
+            setattr(sub, key, getattr(shared, key))
+        sub.method, sub.work_dir, sub.demo_preset = name, os.path.join(args.work_dir, name), None
+        for net in pipeline.NETS:
+            setattr(sub, f'{net}_network', method.networks[net])
+        print(f'\n##### --method {name} in {sub.work_dir}', flush=True)
+        summaries[name] = run_method(sub)
+    done = {name: summary for name, summary in summaries.items() if summary}
+    if done:
+        pipeline_eval.write_methods_report(args.work_dir, done)
+    return summaries
+
+
+def main(argv=None):
+    args = build_parser(method_name(argv)).parse_args(argv)
+    return run_all(args) if args.method == pipeline.ALL else run_method(args)
 
 
 if __name__ == '__main__':

@@ -101,9 +101,10 @@ def test_diagnosis_section_writes_the_grid(tmp_path):
         Image.fromarray(np.zeros(gt.shape + (3,), np.uint8)).save(tmp_path / f'{i}.jpg')
         Image.fromarray(gt).save(tmp_path / f'gt_{i}.png')
         Image.fromarray(pred).save(tmp_path / f'rw_{i}.png')
-    text = report.diagnosis_section(str(tmp_path), ['a', 'b'], [('walk', lambda i: str(tmp_path / f'rw_{i}.png'))],
-                                    lambda i: str(tmp_path / f'{i}.jpg'), lambda i: str(tmp_path / f'gt_{i}.png'),
-                                    ['bg', 'c1', 'c2', 'c3', 'c4'])
+    gt_of, rw_of = lambda i: str(tmp_path / f'gt_{i}.png'), lambda i: str(tmp_path / f'rw_{i}.png')
+    walk = diagnosis.diagnose_stage(['a', 'b'], gt_of, rw_of, N)
+    text = report.diagnosis_section(str(tmp_path), {'walk': walk}, [('walk', rw_of)],
+                                    lambda i: str(tmp_path / f'{i}.jpg'), gt_of, ['bg', 'c1', 'c2', 'c3', 'c4'])
     leak, missed, wrong, iou = loop_rates([(GT_A, PRED_A), (GT_B, PRED_B)])
     rates = ' | '.join(f'{100 * v:.1f}' for v in (np.nanmean(iou), leak, missed, wrong))
     assert f'| walk | {rates} |' in text

@@ -205,6 +205,18 @@ def test_cam_power_sharpens_before_the_background_score():
                                                 '--voc12_root', 'v']).cam_power == 1.0
 
 
+def test_cam_power_clips_the_negative_values_of_seam_cams():
+    """SEAM's min-max normalised CAMs go below 0; a fractional power of those would be NaN (the SEAM demo's walk
+    collapsed to 18.8 mIoU so); with power 1 they pass as the reference's."""
+    cam = {2: np.array([[-0.2, 0.5]], np.float32)}
+    stack = infer_aff.cam_stack(cam, (1, 2), alpha=6, path='x.npy', power=2.2)
+    np.testing.assert_allclose(stack[3], [[0.0, 0.5 ** 2.2]], rtol=1e-6)
+    np.testing.assert_allclose(stack[0], [[1.0, (1 - 0.5 ** 2.2) ** 6]], rtol=1e-5)
+    plain = infer_aff.cam_stack(cam, (1, 2), alpha=6, path='x.npy')
+    np.testing.assert_allclose(plain[3], [[-0.2, 0.5]])
+    np.testing.assert_allclose(plain[0], [[(1 - 0.0) ** 6, 0.5 ** 6]], rtol=1e-6)
+
+
 # infer_aff_<codebase>_original.npz: the ORIGINAL infer_aff.py of YudeWang/SSENet-pytorch 873c442 (background a
 # constant 0.2, beta 8, logt 8) and of YudeWang/SEAM 3212261 ((1 - max CAM) ** 6, beta 8, logt 6), run unchanged on
 # CPU with their defaults (shims: .cuda(), np.load allow_pickle, scipy.misc.imsave) on one seeded 85x97 JPEG

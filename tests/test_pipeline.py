@@ -12,11 +12,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import run_pipeline
-from tool import pipeline, report
+from tool import equivariance, pipeline, report
+from tool.cli import import_network
 from tool.io import UserError, load_dict_npy, load_label_png
+from tool.weights import load_weights
 from voc12.synthetic import make_voc
 
 TINY = ['--width', '0.125', '--num_workers', '0', '--seed', '0',
@@ -25,7 +28,7 @@ TINY = ['--width', '0.125', '--num_workers', '0', '--seed', '0',
         '--train_seg_args=--crop_size 48 --rescale 48 64 --batch_size 4 --max_epoches 1',
         '--infer_seg_args=--scales 1,0.5']
 SCORE_KEYS = ('cam_miou', 'cam_best_miou', 'crf_la_miou', 'rw_miou', 'seg_miou', 'seg_nocrf_miou')
-RESULT_FILES = ('summary.json', 'report.md', 'report_grid.png')
+RESULT_FILES = ('summary.json', 'report.md', 'report_grid.png', 'report_worst.png')
 PSA = pipeline.METHODS['psa']
 STAGES = pipeline.stage_names(PSA)
 SCRIPT_STAGES = STAGES[:-1]
@@ -151,9 +154,27 @@ def test_init_from_cls_starts_train_aff_from_the_trained_classifier(first_run, v
     shutil.rmtree(work_dir / 'aff')
     run_pipeline.main(pipeline_argv(voc, work_dir, '--from', 'train_aff', '--to', 'train_aff', '--init_from_cls'))
     argv = json.loads((work_dir / 'stages.json').read_text())['train_aff']['argv'][0]
-    cls_weights = str(work_dir / 'cls' / 'res38_cls.pth')
-    assert argv[argv.index('--weights') + 1] == cls_weights
-    assert f'loaded {cls_weights}' in capsys.readouterr().out
+    backbone = str(work_dir / 'cls' / 'res38_cls.backbone.pth')
+    assert argv[argv.index('--weights') + 1] == backbone
+    assert f'loaded {backbone}' in capsys.readouterr().out
+    trained = torch.load(work_dir / 'cls' / 'res38_cls.pth', weights_only=True)
+    kept = torch.load(backbone, weights_only=True)
+    assert set(trained) - set(kept) == {'fc8.weight'}  # the classifier's from-scratch head
+    assert all(torch.equal(kept[k], trained[k]) for k in kept)
+
+
+def test_backbone_of_seam_leaves_out_the_pcm_and_fits_affinitynet(tmp_path):
+    seam = pipeline.METHODS['seam']
+    lay = SimpleNamespace(weights=lambda stage: str(tmp_path / 'seam.pth'),
+                          backbone=lambda stage: str(tmp_path / 'seam.backbone.pth'))
+    net = import_network('network.resnet38_SEAM', width=0.125, scratch=True)
+    torch.save(net.state_dict(), lay.weights('train_cls'))
+    argv = ['--voc12_root', str(tmp_path), '--network', 'network.resnet38_SEAM', '--width', '0.125', '--scratch']
+    pipeline.write_backbone(seam, 'train_cls', argv, lay)
+    kept = torch.load(lay.backbone('train_cls'), weights_only=True)
+    assert set(net.state_dict()) - set(kept) == {'f8_3.weight', 'f8_4.weight', 'f9.weight', 'fc8.weight'}
+    aff = import_network('network.resnet38_aff', width=0.125, scratch=True)
+    assert load_weights(aff, lay.backbone('train_cls'))['unexpected'] == 0
 
 
 def test_killed_run_continues_missing_images_and_resumes_training(first_run, voc, tmp_path):
@@ -197,8 +218,11 @@ def test_boolean_stage_switches(voc, tmp_path):
 
 def test_demo_generates_its_data_once_and_its_settings_parse(tmp_path, monkeypatch):
     psa_demo = pipeline.load_demo
-    monkeypatch.setattr(pipeline, 'load_demo',  # the settings file's stage flags, a smaller dataset
-                        lambda method, quick: psa_demo(method, quick)._replace(data={'n_train': 3, 'n_val': 2, 'size': 64}))
+    def small_demo(method, quick, preset=None):  # the settings file's stage flags, a smaller dataset
+        demo = psa_demo(method, quick, preset)
+        return demo._replace(data=dict({'n_train': 3, 'n_val': 2, 'size': 64}, **demo.data)
+                             | {'n_train': 3, 'n_val': 2, 'size': 64})
+    monkeypatch.setattr(pipeline, 'load_demo', small_demo)
     off = [f'--no-{stage}' for stage in STAGES]
     work_dir = tmp_path / 'demo'
     assert run_pipeline.main(['--demo', '--quick', '--work_dir', str(work_dir), *off]) is None  # argvs checked
@@ -210,10 +234,14 @@ def test_demo_generates_its_data_once_and_its_settings_parse(tmp_path, monkeypat
     assert (data / 'cls_labels.npy').stat().st_mtime_ns == stamp
     with pytest.raises(UserError, match='made with'):
         run_pipeline.main(['--demo', '--quick', '--seed', '1', '--work_dir', str(work_dir), *off])
-    with pytest.raises(UserError, match='leave out --voc12_root'):
-        run_pipeline.main(['--demo', '--voc12_root', 'x', '--work_dir', str(work_dir)])
+    with pytest.raises(UserError, match='made with'):  # the preset is part of the data's settings
+        run_pipeline.main(['--demo', '--quick', '--demo_preset', 'hard', '--work_dir', str(work_dir), *off])
+    with pytest.raises(UserError, match='--demo_preset picks the generated'):
+        run_pipeline.main(['--demo', '--demo_preset', 'hard', '--voc12_root', 'x', '--work_dir', str(work_dir)])
     with pytest.raises(UserError, match='--quick'):
         run_pipeline.main(['--quick', '--voc12_root', 'x', '--work_dir', str(work_dir)])
+    with pytest.raises(UserError, match='--demo_preset'):
+        run_pipeline.main(['--demo_preset', 'hard', '--voc12_root', 'x', '--work_dir', str(work_dir)])
 
 
 FAKE_DEMO = """
@@ -258,13 +286,14 @@ def test_a_method_table_drives_the_stages(tmp_path, monkeypatch):
     stages = (pipeline.Stage('clf', 'cls', session='net/clf', script='fake_stage_script', flags='--lr 0.5'),
               pipeline.Stage('labels', needs=('clf',), weights='clf', script='fake_stage_script',
                              outputs=(('val', (pipeline.Out('--out', 'lbl', 'png'),)),)))
-    monkeypatch.setitem(pipeline.METHODS, 'fake', pipeline.Method(stages, str(tmp_path / 'demo_fake.toml')))
+    monkeypatch.setitem(pipeline.METHODS, 'fake', pipeline.Method(stages, str(tmp_path / 'demo_fake.toml'),
+                                                                  {'cls': 'network.fake_cls'}))
     work, data = tmp_path / 'work', tmp_path / 'work' / 'data'
     argv = ['--method', 'fake', '--demo', '--quick', '--work_dir', str(work), '--no-evaluate', '--clf_args=--batch_size 3']
     assert run_pipeline.main(argv) is None
     assert json.loads((data / 'demo_params.json').read_text()) == {'n_train': 3, 'n_val': 1, 'size': 64, 'seed': 0}
     assert calls == [
-        ['--voc12_root', str(data), '--network', 'network.resnet38_cls', '--width', '0.5',
+        ['--voc12_root', str(data), '--network', 'network.fake_cls', '--width', '0.5',
          '--cls_labels', str(data / 'cls_labels.npy'), '--train_list', str(data / 'lists' / 'train_aug.txt'),
          '--session_name', str(work / 'net' / 'clf'), '--seed', '0',
          '--lr', '0.5', '--lr', '0.3', '--batch_size', '2', '--batch_size', '3'],
@@ -284,7 +313,7 @@ def test_a_method_table_drives_the_stages(tmp_path, monkeypatch):
 
 def test_a_bad_demo_settings_file_is_named(tmp_path):
     path = tmp_path / 'demo_bad.toml'
-    for text, message in (('[train_cl]\nargs = []\n', r'\[train_cl\] is neither data, pipeline nor a stage'),
+    for text, message in (('[train_cl]\nargs = []\n', r'\[train_cl\] is neither base, data, pipeline nor a stage'),
                           ('[train_cls]\nargs = "--lr 0.1"\n', r'\[train_cls\] holds args = \[...\]'),
                           ('[infer_cls]\nquick = [1]\n', r'\[infer_cls\] holds args'),
                           ('[data\n', 'demo_bad.toml: ')):
@@ -301,3 +330,187 @@ def test_heat_map_ramp_and_blend():
     np.testing.assert_array_equal(blended, np.broadcast_to([178, 50, 50], (2, 3, 3)))
     np.testing.assert_array_equal(report.cam_heatmap(image, {}), np.broadcast_to([50, 50, 114], (2, 3, 3)))
     assert report.pick_ids(list('abcdefgh'), 3) == ['a', 'c', 'e'] and report.pick_ids(['a'], 4) == ['a']
+
+
+# ------------------------------------------------------------------------------ methods, presets, diagnosis
+
+@pytest.fixture(scope='module')
+def small_demo_data(tmp_path_factory):
+    from voc12.synthetic import make_demo
+    root = str(tmp_path_factory.mktemp('demo_data') / 'data')
+    make_demo(root, n_train=3, n_val=2, size=64)
+    return root
+
+
+def demo_argvs(method, work_dir, data):
+    """The argv of every call of `method`'s demo (--quick) on `data`, from the stage table, running no stage."""
+    args = run_pipeline.build_parser(method).parse_args(['--method', method, '--demo', '--quick',
+                                                         '--work_dir', str(work_dir), '--voc12_root', data])
+    table = pipeline.METHODS[method]
+    demo = pipeline.load_demo(table, args.quick, args.demo_preset)
+    pipeline.resolve_data(args, demo)
+    lay = pipeline.Layout(args, table)
+    return {s.name: [pipeline.flag_argv(c.wiring) + pipeline.flag_argv(c.tunables) + pipeline.extra_argv(args, s, demo)
+                     for c in pipeline.stage_calls(args, lay, s)] for s in table.stages}
+
+
+def flag_value(argv, flag):
+    """The value argparse keeps: the last one."""
+    return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
+
+
+def test_method_tables_share_stage_names_and_name_their_scripts_and_networks():
+    assert set(pipeline.METHODS) == {'psa', 'ssenet', 'seam'}
+    for method in pipeline.METHODS.values():
+        assert pipeline.stage_names(method) == STAGES  # --method all parses one set of stage options
+    scripts = {name: [s.module for s in m.stages] for name, m in pipeline.METHODS.items()}
+    assert scripts['ssenet'][:2] == ['train_cls_ser', 'infer_cls_ser']
+    assert scripts['seam'][:2] == ['train_SEAM', 'infer_SEAM']
+    assert scripts['psa'][2:] == scripts['ssenet'][2:] == scripts['seam'][2:]
+    assert {name: m.networks['cls'] for name, m in pipeline.METHODS.items()} == {
+        'psa': 'network.resnet38_cls', 'ssenet': 'network.resnet38_cls_ser', 'seam': 'network.resnet38_SEAM'}
+    for name in pipeline.METHODS:
+        defaults = run_pipeline.build_parser(name).parse_args(['--work_dir', 'w'])
+        assert defaults.cls_network == pipeline.METHODS[name].networks['cls']
+        assert (defaults.aff_network, defaults.seg_network) == ('network.resnet38_aff', 'network.resnet38_seg')
+
+
+@pytest.mark.parametrize('method, cls_script, cls_network, walk', [
+    ('ssenet', 'train_cls_ser', 'network.resnet38_cls_ser', {'--bg_score': '0.2', '--beta': '8'}),
+    ('seam', 'train_SEAM', 'network.resnet38_SEAM', {'--alpha': '6', '--beta': '8'})])
+def test_descendant_argvs_carry_the_method_flags_then_the_demo_settings(tmp_path, small_demo_data, method, cls_script,
+                                                                      cls_network, walk):
+    argvs = demo_argvs(method, tmp_path, small_demo_data)
+    psa = demo_argvs('psa', tmp_path, small_demo_data)
+    train_cls = argvs['train_cls'][0]
+    assert flag_value(train_cls, '--network') == cls_network
+    assert int(flag_value(train_cls, '--crop_size')) >= equivariance.min_crop()
+    assert cls_script in {s.module for s in pipeline.METHODS[method].stages}
+    infer_val = argvs['infer_cls'][1]
+    assert flag_value(infer_val, '--network') == cls_network and '--out_cam_pred' in infer_val
+    aff = argvs['train_aff'][0]
+    assert aff[aff.index('--lr'):][:6] == ['--lr', '0.01', '--batch_size', '8', '--max_epoches', '8']  # the method's
+    assert flag_value(aff, '--lr') == '0.03' and flag_value(aff, '--max_epoches') == '1'  # then the demo's (quick)
+    walk_argv = argvs['infer_aff'][0]
+    assert all(flag_value(walk_argv, flag) == value for flag, value in walk.items())
+    assert flag_value(walk_argv, '--logt') == '4'  # the demo's 16x16 feature grid wins over the method's
+    assert '--bg_score' in walk_argv if method == 'ssenet' else '--bg_score' not in walk_argv
+    for stage in ('train_seg', 'infer_seg'):  # psa's segmentation settings, shared by --method all
+        assert [a for a in argvs[stage][0] if not a.endswith('.pth')] == [a for a in psa[stage][0] if not a.endswith('.pth')]
+
+
+def test_descendant_demo_files_are_psa_settings():
+    """demo_ssenet.toml and demo_seam.toml start from demo_psa.toml (base) and change nothing of it."""
+    psa = pipeline.load_demo(PSA, quick=True)
+    for name in ('ssenet', 'seam'):
+        demo = pipeline.load_demo(pipeline.METHODS[name], quick=True)
+        assert (demo.data, demo.pipeline, demo.argv) == (psa.data, psa.pipeline, psa.argv)
+
+
+def test_a_demo_file_with_a_base_overrides_keys_and_stage_tables(tmp_path):
+    (tmp_path / 'base.toml').write_text('[data]\nn_train = 5\nsize = 64\n[pipeline]\nwidth = 0.5\n'
+                                        '[train_cls]\nargs = ["--lr 1"]\n[infer_cls]\nargs = ["--scales 1"]\n')
+    (tmp_path / 'child.toml').write_text('base = "base.toml"\n[data]\nsize = 32\n[train_cls]\nargs = ["--lr 2"]\n')
+    demo = pipeline.load_demo(PSA._replace(demo=str(tmp_path / 'child.toml')), quick=False)
+    assert demo.data == {'n_train': 5, 'size': 32} and demo.pipeline == {'width': 0.5}
+    assert demo.argv['train_cls'] == ['--lr', '2'] and demo.argv['infer_cls'] == ['--scales', '1']
+    (tmp_path / 'child.toml').write_text('base = "missing.toml"\n')
+    with pytest.raises(UserError, match='missing.toml'):
+        pipeline.load_demo(PSA._replace(demo=str(tmp_path / 'child.toml')), quick=False)
+
+
+def test_demo_preset_reaches_make_demo_and_the_default_changes_nothing():
+    default = pipeline.load_demo(PSA, quick=False)
+    assert default.data == {'n_train': 500, 'n_val': 100, 'size': 128}  # demo_params.json as before
+    assert pipeline.load_demo(PSA, quick=False, preset=pipeline.DEFAULT_PRESET).data == default.data
+    assert pipeline.load_demo(PSA, quick=True, preset='hard').data == {'n_train': 96, 'n_val': 24, 'size': 128,
+                                                                       'preset': 'hard'}
+    with pytest.raises(SystemExit):
+        run_pipeline.build_parser().parse_args(['--work_dir', 'w', '--demo_preset', 'nope'])
+
+
+def test_method_all_refuses_a_network_option(tmp_path):
+    with pytest.raises(UserError, match='--cls_network with --method all'):
+        run_pipeline.main(['--method', 'all', '--demo', '--work_dir', str(tmp_path), '--cls_network', 'network.x'])
+
+
+def fake_summary(scores, seconds):
+    keys = [key for key, _ in report.SCORE_ROWS]
+    return dict(zip(keys, scores), cam_pred_bg=0.2, cam_best_threshold=0.31, num_val_images=4, quick=False,
+                seconds=seconds, data={'source': 'generated', 'voc12_root': '/d', 'demo_params': {'seed': 0}})
+
+
+def test_methods_report_puts_the_methods_side_by_side(tmp_path):
+    from tool import pipeline_eval
+    summaries = {'psa': fake_summary([72.0, 77.0, 86.7, 83.5, 83.1, 85.6], {'train_cls': 126.0, 'total': 532.0}),
+                 'seam': dict(fake_summary([60.25, 70.0, None, 80.0, 81.0, 82.0], {'train_cls': None, 'total': 600.0}),
+                              cam_pred_bg=0.26)}
+    for name, summary in summaries.items():
+        summary['work_dir'] = str(tmp_path / name)
+    (tmp_path / 'seam').mkdir()
+    (tmp_path / 'seam' / 'stages.json').write_text('{"train_cls": {"seconds": 150.5}}')  # skipped in this run
+    pipeline_eval.write_methods_report(str(tmp_path), summaries)
+    text = (tmp_path / 'methods.md').read_text()
+    assert '| stage | psa | seam |' in text
+    assert "| CAM (the method's background score) | 72.0 (bg 0.20) | 60.2 (bg 0.26) |" in text
+    assert '| CAM + dCRF (la) | 86.7 | - |' in text and '| random walk (AffinityNet) | 83.5 | 80.0 |' in text
+    assert '| train_cls | 126.0 | (150.5) |' in text and '| total | 532.0 | 600.0 |' in text
+    assert 'generated into `/d`' in text and '![mIoU per stage and method](methods.png)' in text
+    with Image.open(tmp_path / 'methods.png') as png:
+        pixels = np.asarray(png.convert('RGB'))
+    assert png.size == (2 * report.CHART_MARGIN + report.CHART_GROUP * len(report.CHART_ROWS),
+                        report.CHART_H + 2 * report.CHART_MARGIN + 16 * 2 + 8)
+    # the bar of psa's random walk (83.5 %) is filled in psa's colour up to 83.5 % of the axis, not above
+    x = report.CHART_MARGIN + 3 * report.CHART_GROUP + (report.CHART_GROUP - 2 * report.CHART_BAR) // 2 + 5
+    bottom = report.CHART_MARGIN + report.CHART_H
+    assert tuple(pixels[bottom - int(0.83 * report.CHART_H), x]) == report.METHOD_COLOURS[0]
+    assert tuple(pixels[bottom - int(0.86 * report.CHART_H), x]) != report.METHOD_COLOURS[0]
+
+
+def test_summary_and_report_carry_the_diagnosis(first_run, voc):
+    work_dir, summary = first_run
+    val_ids = (Path(voc) / 'ImageSets' / 'Segmentation' / 'val.txt').read_text().split()
+    gts = [load_label_png(os.path.join(voc, 'SegmentationClass', f'{i}.png')) for i in val_ids]
+    assert list(summary['diagnosis']) == ['cam', 'rw', 'seg_nocrf', 'seg_crf']
+    for key, folder in (('cam', 'cam_pred'), ('rw', 'rw'), ('seg_crf', 'seg_crf')):
+        preds = [load_label_png(str(work_dir / folder / f'{i}.png')) for i in val_ids]
+        d = summary['diagnosis'][key]
+        assert d['miou'] == pytest.approx(summary[f'{key}_miou'], abs=1e-3)
+        valid = [(g < 255) for g in gts]
+        bg = sum(((g == 0) & v).sum() for g, v in zip(gts, valid))
+        leak = sum(((g == 0) & (p != 0) & v).sum() for g, p, v in zip(gts, preds, valid))
+        fg = sum(((g > 0) & v).sum() for g, v in zip(gts, valid))
+        missed = sum(((g > 0) & (p == 0) & v).sum() for g, p, v in zip(gts, preds, valid))
+        assert d['bg_leak'] == pytest.approx(100 * leak / bg, abs=1e-3)
+        assert d['missed_fg'] == pytest.approx(100 * missed / fg, abs=1e-3)
+        image_miou = {i: independent_miou([(g, p)]) for i, g, p in zip(val_ids, gts, preds)}
+        assert [i for i, _ in d['worst']] == sorted(val_ids, key=lambda i: (image_miou[i], i))[:5]
+        assert all(m == pytest.approx(image_miou[i], abs=1e-3) for i, m in d['worst'])
+    text = (work_dir / 'report.md').read_text()
+    assert '## Diagnosis (val, % of pixels)' in text and '![worst images](report_worst.png)' in text
+    assert f"| random walk (AffinityNet) | {summary['diagnosis']['rw']['miou']:.1f} | " in text
+    assert f"of `{voc}`" in text
+    with Image.open(work_dir / 'report_worst.png') as grid:
+        assert grid.size == (3 * report.CELL, 4 * (report.TITLE_H + len(val_ids) * report.CELL))
+
+
+def test_method_all_runs_every_method_on_the_shared_data(tmp_path, monkeypatch):
+    psa_demo = pipeline.load_demo
+    monkeypatch.setattr(pipeline, 'load_demo', lambda method, quick, preset=None:
+                        psa_demo(method, quick, preset)._replace(data={'n_train': 3, 'n_val': 2, 'size': 64}))
+    seen = []
+
+    def fake_run(args):
+        seen.append(vars(args).copy())
+        return fake_summary([50.0] * 6, {'total': 1.0}) | {'work_dir': args.work_dir}
+    monkeypatch.setattr(run_pipeline, 'run_method', fake_run)
+    summaries = run_pipeline.main(['--method', 'all', '--demo', '--work_dir', str(tmp_path), '--seed', '3'])
+    assert list(summaries) == ['psa', 'ssenet', 'seam'] == [s['method'] for s in seen]
+    data = str(tmp_path / 'data')
+    assert json.loads((tmp_path / 'data' / 'demo_params.json').read_text())['seed'] == 3  # generated once, here
+    for args in seen:
+        assert args['work_dir'] == str(tmp_path / args['method'])
+        assert (args['voc12_root'], args['seed'], args['data_source'], args['demo']) == (data, 3, 'generated', True)
+        assert args['cls_labels'] == os.path.join(data, 'cls_labels.npy')
+        assert args['cls_network'] == pipeline.METHODS[args['method']].networks['cls']
+    assert (tmp_path / 'methods.md').exists() and (tmp_path / 'methods.png').exists()

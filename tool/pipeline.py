@@ -10,6 +10,9 @@ overrides everything before it except the wiring, which it may not change.
 
 A training stage (a row with a session) makes one call on the train list; its output is <session>.pth.
 Any other stage makes one call per list in its outputs, and is complete once every listed file exists.
+A Method is its stage table, its demo settings file (which may start from a `base` file) and the default
+network of each wiring of NETS. Every method has the same stage names, so --method all parses one set of
+stage options and its methods.md compares stage by stage.
 """
 import importlib
 import inspect
@@ -21,10 +24,14 @@ import tomllib
 from typing import NamedTuple
 
 import voc12.data
-from tool.io import UserError, atomic_write
+from tool.cli import import_network
+from tool.io import UserError, atomic_torch_save, atomic_write
+from tool.weights import read_state_dict
 from voc12.synthetic import make_demo
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_DIR, 'configs')
+DEFAULT_PRESET = inspect.signature(make_demo).parameters['preset'].default
 
 
 class Out(NamedTuple):
@@ -56,6 +63,7 @@ class Stage(NamedTuple):
 class Method(NamedTuple):
     stages: tuple           # Stage rows in the order they run; evaluate follows them
     demo: str               # the demo settings file under configs/
+    networks: dict          # net of NETS -> the default of run_pipeline.py's --<net>_network
 
 
 # the network wiring: the same value reaches a network's training and inference
@@ -82,8 +90,27 @@ PSA = (
     Stage('infer_seg', 'seg', needs=('train_seg',), weights='train_seg',
           outputs=(('val', (Out('--output', 'seg_pred', 'png'), Out('--output_crf', 'seg_crf', 'png', when='seg_crf'))),)),
 )
-METHODS = {'psa': Method(PSA, 'demo_psa.toml')}
+# SSENet and SEAM: their own stage 1 and 2 scripts and networks, then PSA's stages 3-6 with the codebase's
+# defaults where they differ from PSA's scripts (descendants.md sections 1.4, 2.3 and 5)
+DESCENDANT_AFF = '--lr 0.01 --batch_size 8 --max_epoches 8'
+SSENET = (
+    PSA[0]._replace(session='cls/res38_cls_ser', script='train_cls_ser'),
+    PSA[1]._replace(script='infer_cls_ser'),
+    PSA[2]._replace(flags=DESCENDANT_AFF),
+    PSA[3]._replace(flags='--bg_score 0.2 --beta 8 --logt 8'),  # a constant background score, not (1 - max CAM)^16
+    *PSA[4:])
+SEAM = (
+    PSA[0]._replace(session='cls/res38_SEAM', script='train_SEAM'),
+    PSA[1]._replace(script='infer_SEAM'),
+    PSA[2]._replace(flags=DESCENDANT_AFF),
+    PSA[3]._replace(flags='--alpha 6 --beta 8 --logt 6'),
+    *PSA[4:])
+AFF_SEG = {'aff': 'network.resnet38_aff', 'seg': 'network.resnet38_seg'}
+METHODS = {'psa': Method(PSA, 'demo_psa.toml', dict(AFF_SEG, cls='network.resnet38_cls')),
+           'ssenet': Method(SSENET, 'demo_ssenet.toml', dict(AFF_SEG, cls='network.resnet38_cls_ser')),
+           'seam': Method(SEAM, 'demo_seam.toml', dict(AFF_SEG, cls='network.resnet38_SEAM'))}
 DEFAULT_METHOD = 'psa'
+ALL = 'all'  # --method all: every method of METHODS on the same data, each in <work_dir>/<method>
 
 
 def stage_names(method):
@@ -108,18 +135,31 @@ class Demo(NamedTuple):
     argv: dict        # stage -> flags
 
 
-def load_demo(method, quick):
-    """The method's demo settings file, with --quick's changes applied when `quick`."""
-    path = os.path.join(CONFIG_DIR, method.demo)
+def read_demo_file(path, names):
+    """The TOML tables of a demo settings file, a `base = "<file>"` (beside it) under them: the base's [data] and
+    [pipeline] keys the file does not set and the base's stage tables the file has not."""
     try:
         with open(path, 'rb') as f:
             doc = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UserError(f'{path}: {e}')
-    names = [s.name for s in method.stages]
     for key in doc:
-        if key not in ('data', 'pipeline', *names):
-            raise UserError(f'{path}: [{key}] is neither data, pipeline nor a stage ({", ".join(names)})')
+        if key not in ('base', 'data', 'pipeline', *names):
+            raise UserError(f'{path}: [{key}] is neither base, data, pipeline nor a stage ({", ".join(names)})')
+    if 'base' not in doc:
+        return doc
+    base = read_demo_file(os.path.join(os.path.dirname(path), doc.pop('base')), names)
+    for key in ('data', 'pipeline'):
+        doc[key] = dict(base.get(key, {}), **doc.get(key, {}))
+    return dict(base, **doc)
+
+
+def load_demo(method, quick, preset=None):
+    """The method's demo settings file, with --quick's changes applied when `quick` and make_demo's `preset`
+    (--demo_preset) when given."""
+    path = os.path.join(CONFIG_DIR, method.demo)
+    names = [s.name for s in method.stages]
+    doc = read_demo_file(path, names)
 
     def table(key):
         row = dict(doc.get(key, {}))
@@ -134,16 +174,18 @@ def load_demo(method, quick):
             raise UserError(f'{path}: [{stage}] holds args = [...] and quick = [...], lists of flags such as "--lr 0.1"')
         return [token for item in full + (changes if quick else []) for token in shlex.split(item)]
 
-    return Demo(path, table('data'), table('pipeline'), {s: flags(s) for s in names})
+    data = table('data')
+    if preset is not None and preset != DEFAULT_PRESET:  # the default one stays out of demo_params.json
+        data['preset'] = preset
+    return Demo(path, data, table('pipeline'), {s: flags(s) for s in names})
 
 
-def demo_data(args, demo):
-    """Generate the demo dataset into <work_dir>/data unless it is there (same settings); returns its root."""
+def demo_data(root, seed, demo):
+    """Generate the demo dataset into `root` unless it is there (same settings); returns whether it made it."""
     unknown = set(demo.data) - set(inspect.signature(make_demo).parameters)
     if unknown:
         raise UserError(f'{demo.path}: [data] {sorted(unknown)[0]} is no argument of voc12.synthetic.make_demo')
-    params = dict(demo.data, seed=args.seed)
-    root = os.path.join(args.work_dir, 'data')
+    params = dict(demo.data, seed=seed)
     stamp = os.path.join(root, 'demo_params.json')
     if os.path.exists(stamp):
         with open(stamp) as f:
@@ -151,40 +193,64 @@ def demo_data(args, demo):
         if old != params:
             raise UserError(f'{root} holds a demo dataset made with {old}, not {params}; '
                             'use another --work_dir or delete that folder')
-        return root, False
+        return False
     print(f'generating the demo dataset into {root}: {params}')
     make_demo(root, **params)
     write_json(stamp, params)
-    return root, True
+    return True
+
+
+def demo_layout(root):
+    """The dataset options of a folder make_demo wrote."""
+    return {'train_list': os.path.join(root, 'lists', 'train_aug.txt'), 'val_list': os.path.join(root, 'lists', 'val.txt'),
+            'gt_dir': os.path.join(root, 'SegmentationClass'), 'cls_labels': os.path.join(root, 'cls_labels.npy')}
+
+
+def check_data_options(args):
+    if args.quick and not args.demo:
+        raise UserError('--quick shortens the demo; use it with --demo')
+    if args.demo_preset and not args.demo:
+        raise UserError('--demo_preset picks the demo data generated with --demo; use it with --demo')
+    if args.demo_preset and args.voc12_root:
+        raise UserError('--demo_preset picks the generated demo data; with --voc12_root the data is yours, leave it out')
+    if not args.demo and not args.voc12_root:
+        raise UserError('give --voc12_root (the VOC2012 folder) or --demo (built-in synthetic data)')
 
 
 def resolve_data(args, demo):
-    """Fill in the dataset options (from <work_dir>/data with `demo`, the Demo of --demo); returns the seconds
-    spent generating the demo data (None if it was there or there is no demo)."""
-    if args.quick and not args.demo:
-        raise UserError('--quick shortens the demo; use it with --demo')
-    if args.demo and args.voc12_root:
-        raise UserError('--demo brings its own data (<work_dir>/data); leave out --voc12_root')
-    if not args.demo:
-        if not args.voc12_root:
-            raise UserError('give --voc12_root (the VOC2012 folder) or --demo (built-in synthetic data)')
-        args.gt_dir = args.gt_dir or os.path.join(args.voc12_root, 'SegmentationClass')
-        return None
-    if args.seed is None:
+    """Fill in the dataset options; `demo` is the Demo of --demo (None without). With --demo and no --voc12_root
+    the demo dataset is generated into <work_dir>/data (once); with --voc12_root the demo settings run on that
+    folder, the options not given being its make_demo layout. Sets args.data_source ('generated', 'given' or
+    None without --demo) and returns the seconds spent generating the data (None if it was there or not demo)."""
+    check_data_options(args)
+    if args.demo and args.seed is None:
         args.seed = 0  # the demo is deterministic
-    start = time.perf_counter()
-    root, made = demo_data(args, demo)
-    args.voc12_root = root
-    args.train_list = os.path.join(root, 'lists', 'train_aug.txt')
-    args.val_list = os.path.join(root, 'lists', 'val.txt')
-    args.gt_dir = os.path.join(root, 'SegmentationClass')
-    args.cls_labels = os.path.join(root, 'cls_labels.npy')
-    for key, value in demo.pipeline.items():
-        if not hasattr(args, key):
-            raise UserError(f'{demo.path}: [pipeline] {key} is no option of run_pipeline.py')
-        if getattr(args, key) is None:
+    seconds = None
+    if args.demo and not args.voc12_root:
+        start = time.perf_counter()
+        args.voc12_root = os.path.join(args.work_dir, 'data')
+        made = demo_data(args.voc12_root, args.seed, demo)
+        seconds = time.perf_counter() - start if made else None
+        for key, value in demo_layout(args.voc12_root).items():
             setattr(args, key, value)
-    return time.perf_counter() - start if made else None
+        args.data_source = 'generated'
+    elif args.demo:
+        for key, value in demo_layout(args.voc12_root).items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        args.data_source = args.data_source or 'given'
+    else:
+        args.train_list = args.train_list or os.path.join(REPO_DIR, 'voc12', 'train_aug.txt')
+        args.val_list = args.val_list or os.path.join(REPO_DIR, 'voc12', 'val.txt')
+        args.gt_dir = args.gt_dir or os.path.join(args.voc12_root, 'SegmentationClass')
+        args.data_source = None
+    if args.demo:
+        for key, value in demo.pipeline.items():
+            if not hasattr(args, key):
+                raise UserError(f'{demo.path}: [pipeline] {key} is no option of run_pipeline.py')
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    return seconds
 
 
 # ------------------------------------------------------------------------------ calls and argv
@@ -214,6 +280,10 @@ class Layout:
     def weights(self, stage):
         return None if stage is None else self.session(stage) + '.pth'
 
+    def backbone(self, stage):
+        """The weights of training stage `stage` without its network's from-scratch layers (write_backbone)."""
+        return self.session(stage) + '.backbone.pth'
+
 
 class Call(NamedTuple):
     """One main() call of a stage script."""
@@ -232,7 +302,7 @@ def stage_calls(args, lay, stage):
     inputs = {flag: lay.path(folder) for flag, folder in stage.inputs}
     if stage.session:
         wiring = dict(net, **{'--train_list': args.train_list}, **inputs, **{'--session_name': lay.session(stage.name)})
-        init = lay.weights(stage.weights) if stage.weights and args.init_from_cls else args.init_weights
+        init = lay.backbone(stage.weights) if stage.weights and args.init_from_cls else args.init_weights
         tunables = {'--num_workers': args.num_workers, '--seed': args.seed, '--weights': init,
                     **{flag: getattr(args, option) for flag, option in stage.options}}
         return [Call(wiring, tunables, (lay.weights(stage.name),))]
@@ -301,6 +371,20 @@ def resume_argv(stage, lay):
     return ['--resume', ckpt] if ckpt and os.path.exists(ckpt) else []
 
 
+def write_backbone(method, stage_name, argv, lay):
+    """lay.backbone(stage_name): the weights stage `stage_name` (run with `argv`) trained, less the parameters of
+    its network's from_scratch_layers (the head: fc8, SEAM's PCM), so that with --init_from_cls the later stages
+    start from the backbone alone, as they would from ImageNet weights (SEAM's f9 would not even fit AffinityNet's).
+    Rewritten before every run of a stage that reads it."""
+    stage = next(s for s in method.stages if s.name == stage_name)
+    trained = parse_stage_argv(stage, argv)
+    model = import_network(trained.network, width=trained.width, scratch=trained.scratch)
+    head = {id(p) for layer in model.from_scratch_layers for p in layer.parameters()}
+    head_names = {name for name, p in model.named_parameters() if id(p) in head}
+    state = read_state_dict(lay.weights(stage_name))
+    atomic_torch_save(lay.backbone(stage_name), {k: v for k, v in state.items() if k not in head_names})
+
+
 def run_script_stage(stage, argvs, lay):
     module = importlib.import_module(stage.module)
     for argv in argvs:
@@ -355,6 +439,8 @@ def run_stages(method, lay, run, calls, argvs, status, seconds):
                 raise UserError(f'{name} needs the outputs of {need}, but {gap} is missing; run {need} '
                                 f'first (e.g. --from {need})')
         start = time.perf_counter()
+        if stage.session and stage.weights and lay.backbone(stage.weights) in argvs[name][0]:
+            write_backbone(method, stage.weights, argvs[stage.weights][0], lay)
         run_script_stage(stage, argvs[name], lay)
         seconds[name] = time.perf_counter() - start
         status[name] = 'ran'

@@ -9,7 +9,6 @@ import shlex
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tool import diagnosis
 from tool.io import atomic_save_image, atomic_write, load_dict_npy, load_image, load_label_png
 from tool.palette import colorize
 
@@ -19,7 +18,7 @@ TITLE_H = 18   # height of the column titles
 MISSING_GREY = 96
 
 # (summary key, row title) of the score table
-SCORE_ROWS = (('cam_miou', 'CAM (background score 0.2)'),
+SCORE_ROWS = (('cam_miou', 'CAM (background score {bg})'),
               ('cam_best_miou', 'CAM, best background score (oracle)'),
               ('crf_la_miou', 'CAM + dCRF (la)'),
               ('rw_miou', 'random walk (AffinityNet)'),
@@ -34,12 +33,20 @@ def _number(value, fmt='{:.1f}'):
     return '-' if value is None else fmt.format(value)
 
 
+def stage_titles(summary):
+    """{summary key without '_miou': row title} of SCORE_ROWS, with this run's background scores."""
+    bg = summary.get('cam_pred_bg')
+    titles = {key[:-len('_miou')]: title.format(bg='0.2' if bg is None else f'{bg:g}') for key, title in SCORE_ROWS}
+    if summary.get('cam_best_threshold') is not None:
+        titles['cam_best'] = f"CAM, best background score {summary['cam_best_threshold']:.2f} (oracle)"
+    return titles
+
+
 def score_table(summary):
     lines = ['| stage | mIoU (val, %) |', '|---|---:|']
-    for key, title in SCORE_ROWS:
-        if key == 'cam_best_miou' and summary.get('cam_best_threshold') is not None:
-            title = f"CAM, best background score {summary['cam_best_threshold']:.2f} (oracle)"
-        lines.append(f'| {title} | {_number(summary.get(key))} |')
+    titles = stage_titles(summary)
+    for key, _ in SCORE_ROWS:
+        lines.append(f"| {titles[key[:-len('_miou')]]} | {_number(summary.get(key))} |")
     return '\n'.join(lines)
 
 
@@ -69,13 +76,24 @@ def settings_text(records):
     return '\n'.join(lines)
 
 
-def write_markdown(path, summary, records):
-    data = ''
-    if summary.get('demo'):
-        data = ' (demo data, quick)' if summary.get('quick') else ' (demo data)'
+def data_text(summary):
+    """Where the val images came from, for the report's first line."""
+    data = summary.get('data') or {}
+    quick = ', quick' if summary.get('quick') else ''
+    params = data.get('demo_params') or {}
+    preset = f", preset {params['preset']}" if 'preset' in params else ''
+    if data.get('source') == 'generated':
+        return f" (demo data{quick}{preset}, generated into `{data['voc12_root']}`)"
+    if data.get('source') == 'given':
+        return f" of the data in `{data['voc12_root']}` (demo settings{quick} on this folder; not generated)"
+    return f" of `{data['voc12_root']}`" if data.get('voc12_root') else ''
+
+
+def write_markdown(path, summary, records, sections=''):
     text = '\n'.join([
         '# Pipeline report', '',
-        f"Work dir `{summary['work_dir']}`, {summary['num_val_images']} val images{data}.", '',
+        f"Work dir `{summary['work_dir']}`, method {summary.get('method')}, {summary['num_val_images']} val images"
+        f"{data_text(summary)}.", '',
         '## mIoU on the val split', '', score_table(summary), '',
         ('The best background score is picked against the ground truth: an upper bound for the CAM, not a '
          'weakly supervised result. The segmentation is scored without image-level labels.'), '',
@@ -83,7 +101,7 @@ def write_markdown(path, summary, records):
         '## Settings (the argv each stage ran with)', '', '```', settings_text(records), '```', '',
         '## Examples', '',
         'Image, ground truth, CAM heat map (max over the classes), random-walk labels, segmentation.', '',
-        f'![examples]({GRID_NAME})', ''])
+        f'![examples]({GRID_NAME})', '', sections])
 
     def write(tmp):
         with open(tmp, 'w') as f:
@@ -160,12 +178,12 @@ def grid_rows(columns, ids):
     return rows
 
 
-def write_report(work_dir, summary, records, columns, ids):
-    """<work_dir>/report.md and, for `ids`, <work_dir>/report_grid.png."""
+def write_report(work_dir, summary, records, columns, ids, sections=''):
+    """<work_dir>/report.md (`sections`: markdown after the examples) and, for `ids`, <work_dir>/report_grid.png."""
     if ids:
         grid = make_grid(grid_rows(columns, ids), [title for title, _, _ in columns])
         atomic_save_image(os.path.join(work_dir, GRID_NAME), grid, format='PNG')
-    write_markdown(os.path.join(work_dir, 'report.md'), summary, records)
+    write_markdown(os.path.join(work_dir, 'report.md'), summary, records, sections)
 
 
 # ------------------------------------------------------------------------------ diagnosis (tool/diagnosis.py)
@@ -210,12 +228,93 @@ def worst_grid(stages, image_of, gt_of):
     return out
 
 
-def diagnosis_section(work_dir, ids, stages, image_of, gt_of, class_names):
-    """Diagnose each stage (title, path_of(id) of its label PNGs) over `ids`, write <work_dir>/WORST_GRID_NAME
-    and return the report's markdown section (table, worst images, grid)."""
-    diagnoses = {title: diagnosis.diagnose_stage(ids, gt_of, pred_of, len(class_names)) for title, pred_of in stages}
+def diagnosis_section(work_dir, diagnoses, stages, image_of, gt_of, class_names):
+    """The report's markdown section (table, worst images, grid) of `diagnoses` {title: diagnose_stage result}
+    of the stages (title, path_of(id) of its label PNGs); writes <work_dir>/WORST_GRID_NAME."""
     grid = worst_grid([(title, pred_of, diagnoses[title]) for title, pred_of in stages], image_of, gt_of)
     atomic_save_image(os.path.join(work_dir, WORST_GRID_NAME), grid, format='PNG')
     return '\n'.join(['## Diagnosis (val, % of pixels)', '', diagnosis_table(diagnoses, class_names), '',
                       'Worst val images per stage (image mIoU, %):', '', worst_list(diagnoses), '',
                       f'![worst images]({WORST_GRID_NAME})', ''])
+
+
+# ------------------------------------------------------------------------------ --method all
+
+METHODS_NAME = 'methods'  # methods.md and methods.png
+# (summary key, short name under the chart's bars) of the scores compared across methods
+CHART_ROWS = (('cam_miou', 'CAM'), ('cam_best_miou', 'CAM best'), ('crf_la_miou', 'CAM+dCRF'),
+              ('rw_miou', 'random walk'), ('seg_nocrf_miou', 'seg'), ('seg_crf_miou', 'seg+dCRF'))
+METHOD_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
+CHART_GROUP, CHART_BAR, CHART_H, CHART_MARGIN = 120, 24, 300, 40
+
+
+def methods_table(summaries):
+    """Markdown: one row per score, one column per method (the CAM rows also give the background score)."""
+    names = list(summaries)
+    lines = ['| stage | ' + ' | '.join(names) + ' |', '|---|' + '---:|' * len(names)]
+    for key, title in SCORE_ROWS:
+        cells = []
+        for summary in summaries.values():
+            cell = _number(summary.get(key))
+            bg = {'cam_miou': summary.get('cam_pred_bg'), 'cam_best_miou': summary.get('cam_best_threshold')}.get(key)
+            cells.append(cell if bg is None or summary.get(key) is None else f'{cell} (bg {bg:.2f})')
+        title = {'cam_miou': "CAM (the method's background score)",
+                 'cam_best_miou': 'CAM, best background score (oracle)'}.get(key, title)
+        lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def methods_time_table(summaries, records):
+    """Markdown: wall time (s) per stage (rows) and method (columns); a stage skipped in this run shows, in
+    parentheses, the time of the run that made its outputs (records: {method: its stages.json})."""
+    names = list(summaries)
+    stages = list(dict.fromkeys(stage for s in summaries.values() for stage in s['seconds']))
+    stages = [s for s in stages if s != 'total'] + ['total']
+    lines = ['| stage | ' + ' | '.join(names) + ' |', '|---|' + '---:|' * len(names)]
+    for stage in stages:
+        cells = []
+        for name, summary in summaries.items():
+            seconds, earlier = summary['seconds'].get(stage), records.get(name, {}).get(stage)
+            cells.append(f"({earlier['seconds']:.1f})" if seconds is None and earlier else _number(seconds))
+        lines.append(f'| {stage} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def methods_markdown(summaries, records):
+    first = next(iter(summaries.values()))
+    return '\n'.join([
+        '# Methods side by side', '',
+        f"{', '.join(summaries)} on the same data{data_text(first)}, {first['num_val_images']} val images, seed "
+        'shared; each method\'s own report is <method>/report.md.', '',
+        '## mIoU on the val split (%)', '', methods_table(summaries), '',
+        f'![mIoU per stage and method]({METHODS_NAME}.png)', '',
+        '## Wall time (s)', '', 'In parentheses: a stage skipped in this run, the time of the run that made its outputs.',
+        '', methods_time_table(summaries, records), ''])
+
+
+def methods_chart(summaries):
+    """A PIL bar chart: per score of CHART_ROWS a group of bars, one per method (0-100 % mIoU), and a legend."""
+    legend_h = 16 * len(summaries) + 8
+    width, height = 2 * CHART_MARGIN + CHART_GROUP * len(CHART_ROWS), CHART_H + 2 * CHART_MARGIN + legend_h
+    chart = Image.new('RGB', (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(chart)
+    top, bottom = CHART_MARGIN, CHART_MARGIN + CHART_H
+    for tick in range(0, 101, 20):
+        y = bottom - tick * CHART_H / 100
+        draw.line([(CHART_MARGIN, y), (width - CHART_MARGIN, y)], fill=(220, 220, 220))
+        draw.text((4, y - 6), str(tick), fill=(0, 0, 0))
+    for g, (key, name) in enumerate(CHART_ROWS):
+        x0 = CHART_MARGIN + g * CHART_GROUP + (CHART_GROUP - CHART_BAR * len(summaries)) // 2
+        for m, summary in enumerate(summaries.values()):
+            value = summary.get(key)
+            if value is not None:
+                x = x0 + m * CHART_BAR
+                draw.rectangle([x, bottom - value * CHART_H / 100, x + CHART_BAR - 3, bottom],
+                               fill=METHOD_COLOURS[m % len(METHOD_COLOURS)])
+        draw.text((CHART_MARGIN + g * CHART_GROUP + 6, bottom + 6), name, fill=(0, 0, 0))
+    draw.text((CHART_MARGIN, 8), 'val mIoU (%) per stage', fill=(0, 0, 0))
+    for m, method in enumerate(summaries):
+        y = bottom + 28 + 16 * m
+        draw.rectangle([CHART_MARGIN, y, CHART_MARGIN + 12, y + 10], fill=METHOD_COLOURS[m % len(METHOD_COLOURS)])
+        draw.text((CHART_MARGIN + 18, y - 1), method, fill=(0, 0, 0))
+    return chart
