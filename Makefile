@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 demo: setup
 	$(PY) run_pipeline.py --demo --work_dir demo_run

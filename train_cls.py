@@ -105,18 +105,23 @@ def main(argv=None):
     train(build_parser().parse_args(argv))
 
 
-def train(args, loss=batch_loss, class_logits=None, min_crop=NETWORK_STRIDE):
-    """The stage for parsed args; train_cls_ser / train_SEAM pass their loss, their validation logits and the
-    crop their downscaled branch needs."""
+def train_set_of(args, model):
+    """The training set of the stage: the list's images through TrainTransform, with their labels."""
+    return voc12.data.VOC12ClsDataset(args.train_list, voc12_root=args.voc12_root, cls_labels=args.cls_labels,
+                                      transform=TrainTransform(model.normalize, args.crop_size, args.resize_long,
+                                                               args.color_jitter))
+
+
+def train(args, loss=batch_loss, class_logits=None, min_crop=NETWORK_STRIDE, make_train_set=train_set_of):
+    """The stage for parsed args; train_cls_ser / train_SEAM / train_SB pass their loss, their validation logits,
+    the crop their downscaled branch needs and (train_SB) `make_train_set(args, model)` for their own data."""
     check_training_args(args, min_crop)
     for list_path in filter(None, (args.train_list, args.val_list)):
         voc12.data.check_images(list_path, os.path.join(args.voc12_root, voc12.data.IMG_FOLDER_NAME))
     seed_run(args)
     model = import_network(args.network, width=args.width, scratch=args.scratch)
     load_initial_weights(model, args.weights)
-    train_set = voc12.data.VOC12ClsDataset(args.train_list, voc12_root=args.voc12_root, cls_labels=args.cls_labels,
-                                           transform=TrainTransform(model.normalize, args.crop_size, args.resize_long,
-                                                                    args.color_jitter))
+    train_set = make_train_set(args, model)
     validate = None
     if args.val_list:
         val_set = voc12.data.VOC12ClsDataset(args.val_list, voc12_root=args.voc12_root, cls_labels=args.cls_labels,

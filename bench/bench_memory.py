@@ -11,6 +11,9 @@ torch.autograd.graph.saved_tensors_hooks (unique storages) on the meta device, i
 without computing anything, + twice the largest saved tensor for the gradient buffers backward holds
 while it passes the largest layer (a rough allowance). It leaves out allocator fragmentation, cuDNN
 workspaces and the CUDA context, so a real card needs some headroom beyond it. Prints a markdown table.
+
+train_SEAM and train_SB run the siamese pair of train_SEAM.py (the crop and its 0.3x downscale) with the real
+losses (tool/equivariance.seam_loss; tool/sb_losses.sbnet_loss with a random 21-channel boundary map).
 """
 import argparse
 import gc
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tool import equivariance, sb_losses  # noqa: E402
 from tool.affinity import pair_indices  # noqa: E402
 from tool.cli import import_network  # noqa: E402
 from tool.torchutils import PolyOptimizer, parameter_groups  # noqa: E402
@@ -31,7 +35,11 @@ from train_aff import affinity_loss  # noqa: E402
 # stage: (network module, class, paper batch size)
 STAGES = {'train_cls': ('network.resnet38_cls', 'Net', 16),
           'train_aff': ('network.resnet38_aff', 'Net', 8),
-          'train_seg': ('network.resnet38_seg', 'SegNet', 4)}
+          'train_seg': ('network.resnet38_seg', 'SegNet', 4),
+          'train_SEAM': ('network.resnet38_SEAM', 'Net', 8),
+          'train_SB': ('network.resnet38_SEAM_BD', 'Net', 8)}
+SIAMESE = ('train_SEAM', 'train_SB')  # the crop and its 0.3x downscale go through the network
+SB_LOSS = 'tool/sb_losses.sbnet_loss (SEAM loss + boundary BCE + smoothness), the real one'
 GIB = 2 ** 30
 CARD_GIB = 10.0  # what an "11 GB" card (GTX 1080 Ti / RTX 2080 Ti, 11 GiB) leaves after context and slack
 
@@ -48,8 +56,10 @@ def make_batch(stage, n, crop, device='cpu'):
     g = crop // 8
     with torch.device(device):
         img = torch.randn(n, 3, crop, crop)
-        if stage == 'train_cls':
+        if stage in ('train_cls', 'train_SEAM'):
             return [img, (torch.rand(n, 20) > 0.8).float()]
+        if stage == 'train_SB':
+            return [img, (torch.rand(n, 20) > 0.8).float(), (torch.rand(n, 21, crop, crop) > 0.9).float()]
         if stage == 'train_aff':
             n_from = pair_indices((g, g), torch.device('cpu'))[0].numel()
             kind = torch.randint(0, 4, (n, 34, n_from))
@@ -59,14 +69,34 @@ def make_batch(stage, n, crop, device='cpu'):
 
 def stage_loss(stage, model, micro, batch):
     """The stage's loss on `micro` as its share of the whole batch (as the training scripts compute it)."""
-    img, label = micro
+    img, label = micro[:2]
     share = img.shape[0] / batch[0].shape[0]
     if stage == 'train_cls':
         return F.multilabel_soft_margin_loss(model(img).float(), label) * share
     if stage == 'train_aff':
         return affinity_loss(model(img), label, [lab.sum() + 1e-5 for lab in batch[1]])[0]
+    if stage in SIAMESE:
+        return siamese_loss(model, micro, len(batch[0]))
     logits = F.interpolate(model(img), size=img.shape[2:], mode='bilinear', align_corners=False)
     return F.cross_entropy(logits.float(), label, ignore_index=255) * share
+
+
+def siamese_loss(model, micro, n):
+    """The loss of the crop and its 0.3x downscale: SEAM's (train_SEAM.py), or SBNet's with a boundary map."""
+    img, label = micro[:2]
+    small = equivariance.downscale(img, align_corners=True)
+    if len(micro) == 2:
+        outputs = [t.float() for t in model(img) + model(small)]
+        return equivariance.seam_loss(*outputs, label, n=n)['loss']
+    outputs = [t.float() for t in _forward_sb(model, img) + _forward_sb(model, small)]
+    return sb_losses.sbnet_loss(*outputs, micro[2], label, n=n)['loss']
+
+
+def _forward_sb(model, x):
+    """SBNet's forward; on the meta device with a stand-in Canny map (OpenCV cannot run there), which holds
+    the same bytes as the one the network computes from a real image."""
+    canny = x.new_zeros(x.shape[0], 1, *x.shape[2:]) if x.is_meta else None
+    return model(x, canny=canny)
 
 
 def train_steps(stage, model, batch, micro, amp, device, steps=2):
@@ -172,13 +202,17 @@ def main(argv=None):
               'shape) + 2x the largest saved tensor (backward buffers). Not counted: allocator fragmentation, '
               'cuDNN workspaces, CUDA context.')
     print(f'ResNet-38 (width {args.width:g}), crop {args.crop}; "fits" = at most {CARD_GIB:g} GiB '
-          '(an 11 GB card after context and slack).\n')
+          '(an 11 GB card after context and slack).')
+    stages = args.stages.split(',')
+    if 'train_SB' in stages:
+        print(f'train_SB loss: {SB_LOSS}.')
+    print()
     header = '| stage | batch | micro-batch | amp | peak GiB | fits 11 GB |'
     if not measured:
         header += ' activations GiB | weights+grads+momentum GiB |'
     print(header)
     print('|' + '---|' * (header.count('|') - 1))
-    for stage in args.stages.split(','):
+    for stage in stages:
         batch_size = STAGES[stage][2]
         for amp in args.amp.split(','):
             for micro in micro_sizes(batch_size, [int(m) for m in args.micro.split(',')]):

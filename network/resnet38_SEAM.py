@@ -25,7 +25,10 @@ class Net(resnet38_cls.Net):
     def forward(self, x):
         """(cam, cam_rv): the raw 21-channel CAM logits and their PCM refinement, both (N, 21, H, W) at the
         input's size (bilinear, align_corners True)."""
-        d = self.forward_as_dict(x)
+        return self.cams(x, self.forward_as_dict(x))
+
+    def cams(self, x, d):
+        """forward's (cam, cam_rv) of the input x from its backbone features d (forward_as_dict)."""
         cam = self.fc8(self.dropout7(d['conv6']))
         with torch.no_grad():
             seeds = self.pcm_seeds(cam)

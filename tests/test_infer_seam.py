@@ -1,4 +1,4 @@
-"""infer_cls_ser.py (SSENet) and infer_SEAM.py (SEAM) against the original scripts.
+"""infer_cls_ser.py (SSENet), infer_SEAM.py (SEAM) and infer_SB.py (SBNet) against the original scripts.
 
 Fixtures infer_cls_ser_original.npz / infer_SEAM_original.npz: the ORIGINAL YudeWang/SSENet-pytorch 873c442
 infer_cls_ser.py and YudeWang/SEAM 3212261 infer_SEAM.py, run unchanged on CPU (float32, only .cuda()/replicate,
@@ -7,6 +7,10 @@ PIL.Image.CUBIC, np.load allow_pickle and scipy.misc.imsave shimmed) with
 on two seeded JPEGs. Keys: `jpeg_<id>` (the JPEG file's bytes), `label_<id>` (20 image-level labels), `seed`,
 `cam_<id>_<k>` (--out_cam dict), `crf4_<id>_<k>` / `crf24_<id>_<k>` (the dicts in crf_4.0/ and crf_24.0/), with the
 dict keys in `<tag>_<id>_keys`, and `pred_<id>` (the --out_cam_pred array).
+
+infer_SB.py is checked against the original infer_SEAM.py's fixture: the original infer_SB.py is infer_SEAM.py with
+SBNet's network, whose cam_rv comes from SEAM's layers alone (the boundary branch's output is discarded), and the
+per-key weights give those layers the same values in both networks.
 """
 import os
 import shlex
@@ -17,18 +21,21 @@ import torch
 
 import infer_cls
 import infer_cls_ser
+import infer_SB
 import infer_SEAM
-from network import resnet38_cls_ser, resnet38_SEAM
+from network import resnet38_cls_ser, resnet38_SEAM, resnet38_SEAM_BD
 from reference_weights import deterministic_state_dict
 from tool.io import UserError, load_image
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
 SCRIPTS = {'ssenet': (infer_cls_ser, resnet38_cls_ser.Net, 'infer_cls_ser_original.npz'),
-           'seam': (infer_SEAM, resnet38_SEAM.Net, 'infer_SEAM_original.npz')}
+           'seam': (infer_SEAM, resnet38_SEAM.Net, 'infer_SEAM_original.npz'),
+           'sbnet': (infer_SB, resnet38_SEAM_BD.Net, 'infer_SEAM_original.npz')}
 README_COMMANDS = {
     'ssenet': 'python infer_cls_ser.py --weights W --infer_list voc12/val.txt --out_cam C --out_crf R '
               '--out_cam_pred P --voc12_root VOC2012',
     'seam': 'python infer_SEAM.py --weights W --infer_list voc12/val.txt --out_cam C --out_crf R --voc12_root VOC2012',
+    'sbnet': 'python infer_SB.py --weights W --infer_list voc12/val.txt --out_cam C --out_crf R --voc12_root VOC2012',
 }
 
 
@@ -127,7 +134,8 @@ def test_readme_commands_parse_with_the_original_defaults(name):
     args = infer_cls.build_parser(getattr(script, name.upper()), script.__doc__).parse_args(
         shlex.split(README_COMMANDS[name])[2:])
     expected = {'ssenet': ('network.resnet38_cls_ser', (1.0, 0.5, 1.5, 2.0), 0.2),
-                'seam': ('network.resnet38_SEAM', (0.5, 1.0, 1.5, 2.0), 0.26)}[name]
+                'seam': ('network.resnet38_SEAM', (0.5, 1.0, 1.5, 2.0), 0.26),
+                'sbnet': ('network.resnet38_SEAM_BD', (0.5, 1.0, 1.5, 2.0), 0.26)}[name]
     assert (args.network, tuple(args.scales), args.out_cam_pred_alpha) == expected
     assert (args.low_alpha, args.high_alpha, args.num_workers, args.infer_list) == (4, 24, 8, 'voc12/val.txt')
     infer_cls.crf_folders(args)

@@ -4,6 +4,7 @@ What it adds to the reference loop: seeding, logging (console, `<session_name>.l
 a checkpoint after every epoch with `--resume` that continues bit-for-bit, micro-batching (exact
 because every BatchNorm is frozen), and optional mixed precision.
 """
+import argparse
 import os
 import random
 import sys
@@ -37,6 +38,8 @@ def add_training_args(parser):
     parser.add_argument('--color_jitter', nargs=4, type=float, default=(0.3, 0.3, 0.3, 0.1),
                         metavar=('BRIGHTNESS', 'CONTRAST', 'SATURATION', 'HUE'),
                         help='ColorJitter of the training images (the reference: 0.3 0.3 0.3 0.1)')
+    parser.add_argument('--save_every_epoch', action=argparse.BooleanOptionalAction, default=False,
+                        help='also save the state dict <session_name>_<epoch>.pth after every epoch (0-based)')
     parser.add_argument('--log_interval', type=int, default=50, help='steps between log lines')
     parser.add_argument('--tblog_dir', default=None, help='TensorBoard folder (default <session_name>_tb)')
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
@@ -329,6 +332,8 @@ def fit(args, model, dataset, batch_loss, validate=None, collate_fn=None):
                 log.scalars({f'val/{k}': v for k, v in val_logs.items()}, optimizer.global_step)
             if dist.main:
                 save_checkpoint(args.session_name + '.ckpt.pth', model, optimizer, epoch + 1, args.seed, scaler)
+                if args.save_every_epoch:
+                    atomic_torch_save(f'{args.session_name}_{epoch}.pth', model.state_dict())
         if dist.main:
             atomic_torch_save(args.session_name + '.pth', model.state_dict())
             print(f'saved {args.session_name}.pth')

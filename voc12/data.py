@@ -30,6 +30,7 @@ N_CLASSES = len(CAT_LIST)
 IGNORE = 255
 
 IMG_FOLDER_NAME = 'JPEGImages'
+SB_MAP_FOLDER_NAME = 'sb_map'  # SBNet's boundary maps <id>.npy
 ANNOT_FOLDER_NAME = 'Annotations'
 VOC12_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CLS_LABELS = os.path.join(VOC12_DIR, 'cls_labels.npy')
@@ -203,6 +204,46 @@ class VOC12ClsDataset(VOC12ImageDataset):
     def __getitem__(self, idx):
         name, img = super().__getitem__(idx)
         return name, img, torch.from_numpy(self.label_list[idx])
+
+
+def missing_sb_map(path):
+    return UserError(f'SBNet boundary map not found: {path} (make the folder with make_sb_map.py or '
+                     'point --sb_map_dir at it)')
+
+
+def load_sb_map(path, size_hw):
+    """SBNet's boundary map: float (21, H, W) for an image of size_hw, as in the .npy."""
+    if not os.path.isfile(path):
+        raise missing_sb_map(path)
+    sb_map = np.load(path)
+    if sb_map.shape != (N_CLASSES + 1,) + tuple(size_hw):
+        raise UserError(f'{path}: boundary map of shape {sb_map.shape}, the image needs '
+                        f'{(N_CLASSES + 1,) + tuple(size_hw)} (remake it with make_sb_map.py)')
+    return sb_map
+
+
+class VOC12ClsSBDataset(VOC12ClsDataset):
+    """SBNet's training set: (id, image, label, boundary map), joint_transform(PIL image, (21, H, W) map) ->
+    (image, map) tensors; with `edges` (a function of the transformed image) its result is appended, so the
+    Canny map is computed in the loader workers."""
+
+    def __init__(self, img_name_list_path, voc12_root, sb_map_dir, joint_transform, cls_labels=None, edges=None):
+        super().__init__(img_name_list_path, voc12_root, cls_labels=cls_labels)
+        self.sb_map_dir = sb_map_dir
+        self.joint_transform = joint_transform
+        self.edges = edges
+        missing = next((p for p in map(self.sb_map_path, self.img_name_list) if not os.path.isfile(p)), None)
+        if missing:
+            raise missing_sb_map(missing)
+
+    def sb_map_path(self, name):
+        return os.path.join(self.sb_map_dir, name + '.npy')
+
+    def __getitem__(self, idx):
+        name, img, label = super().__getitem__(idx)
+        img, sb_map = self.joint_transform(img, load_sb_map(self.sb_map_path(name), img.size[::-1]))
+        item = (name, img, label, sb_map)
+        return item + (self.edges(img),) if self.edges else item
 
 
 def multiscale_flip(img, scales, inter_transform=None, unit=1):
