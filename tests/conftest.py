@@ -11,7 +11,9 @@ torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 import pytest  # noqa: E402
 
 # The test files whose tests take minutes; run first, so that under `make test` (pytest -n 2 --dist worksteal)
-# one worker runs them while the other works through the rest and then takes over its remaining queue.
+# one worker runs them while the other works through the rest and then takes over its remaining queue. The demo
+# keeps its 2 torch threads beside the other worker's one (its numbers depend on the thread count; at one thread
+# it took over 20 minutes beside the other worker).
 LONG_FIRST = ('test_demo.py', 'test_demo_methods.py')
 
 
@@ -19,8 +21,11 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path.name not in LONG_FIRST)
 
 
-@pytest.fixture
-def demo_threads():
-    """Extra run_pipeline flags of a demo run in a test: beside another pytest-xdist worker on CI's 2 cores,
-    one torch thread instead of the demo's 2 (threads beyond the cores slow training by an order of magnitude)."""
-    return ['--threads', '1'] if os.environ.get('PYTEST_XDIST_WORKER') else []
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that runs a demo (2 threads) must not change the threads of the tests after it in this process
+    (test_kill compares an in-process run with a subprocess: the summation order must be the same)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

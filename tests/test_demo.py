@@ -17,11 +17,11 @@ MARGIN = 5.0
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get('PSA_SKIP_DEMO') == '1', reason='PSA_SKIP_DEMO=1')
-def test_demo_random_walk_and_segmentation_beat_the_best_cam(tmp_path, demo_threads):
+def test_demo_random_walk_and_segmentation_beat_the_best_cam(tmp_path):
     work_dir = tmp_path / 'demo'
     threads = torch.get_num_threads()
     try:
-        run_pipeline.main(['--demo', '--work_dir', str(work_dir), *demo_threads])
+        run_pipeline.main(['--demo', '--work_dir', str(work_dir)])
     finally:
         torch.set_num_threads(threads)  # the demo sets its own; the other tests run with conftest's
     summary = json.loads((work_dir / 'summary.json').read_text())

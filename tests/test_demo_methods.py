@@ -73,7 +73,7 @@ def check_method_run(work_dir, summary, method, data):
 
 
 @pytest.mark.slow
-def test_quick_demo_settings_of_every_method_on_a_folder_of_ones_own(tmp_path, demo_threads):
+def test_quick_demo_settings_of_every_method_on_a_folder_of_ones_own(tmp_path):
     """--method all with the demo's settings on a small VOC-layout folder given by the dataset flags (made under
     another seed than the demo's): each method's own stages ran on it, the reports name the folder, nothing was
     generated, and methods.md / methods.png compare the three runs."""
@@ -82,8 +82,7 @@ def test_quick_demo_settings_of_every_method_on_a_folder_of_ones_own(tmp_path, d
     work_dir = tmp_path / 'work'
     summaries = run(['--demo', '--quick', '--method', 'all', '--work_dir', str(work_dir), '--voc12_root', str(data),
                      '--train_list', str(data / 'lists' / 'train_aug.txt'), '--val_list', str(data / 'lists' / 'val.txt'),
-                     '--gt_dir', str(data / 'SegmentationClass'), '--cls_labels', str(data / 'cls_labels.npy'),
-                     *demo_threads])
+                     '--gt_dir', str(data / 'SegmentationClass'), '--cls_labels', str(data / 'cls_labels.npy')])
     assert list(summaries) == ['psa', 'ssenet', 'seam'] and not (work_dir / 'data').exists()
     for method, summary in summaries.items():
         on_disk, text = check_method_run(work_dir / method, summary, method, data)
