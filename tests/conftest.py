@@ -10,11 +10,11 @@ torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
 import pytest  # noqa: E402
 
-# The test files whose tests take minutes; run first, so that under `make test` (pytest -n 2 --dist worksteal)
-# one worker runs them while the other works through the rest and then takes over its remaining queue. The demo
-# keeps its 2 torch threads beside the other worker's one (its numbers depend on the thread count; at one thread
-# it took over 20 minutes beside the other worker).
-LONG_FIRST = ('test_demo.py', 'test_demo_methods.py')
+# The full demo (the longest test) runs first, so that under `make test` (pytest -n 2 --dist worksteal) one worker
+# runs it while the other works through the rest (worksteal leaves a worker's last queued test to it, so nothing
+# else is queued behind the demo). The demo keeps its 2 torch threads beside the other worker's one (its numbers
+# depend on the thread count; at one thread it took over 20 minutes beside the other worker).
+LONG_FIRST = ('test_demo.py',)
 
 
 def pytest_collection_modifyitems(config, items):
