@@ -15,7 +15,8 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q -n 2 --dist worksteal
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not demo"
+	$(PY) -m pytest -q -m demo
 
 demo: setup
 	$(PY) run_pipeline.py --demo --work_dir demo_run

@@ -5,19 +5,21 @@
     python run_pipeline.py --demo --work_dir demo_run --from infer_aff --to infer_seg
     python run_pipeline.py --demo --work_dir demo_run --train_seg_args="--max_epoches 10 --lr 0.02"
     python run_pipeline.py --demo --method seam --work_dir demo_seam          # SEAM's stages 1-2, then PSA's
-    python run_pipeline.py --demo --method all --work_dir demo_all            # psa, ssenet, seam side by side
+    python run_pipeline.py --demo --method all --work_dir demo_all            # psa, ssenet, seam, sbnet side by side
     python run_pipeline.py --demo --demo_preset hard --work_dir demo_hard     # data the demo was not tuned on
     python run_pipeline.py --demo --work_dir mine --voc12_root DIR --train_list A --val_list B --gt_dir G --cls_labels L
 
-Stages of every method: train_cls, infer_cls, train_aff, infer_aff, train_seg, infer_seg, evaluate. Each
-script stage is its script's main() called in this process with an argv built from the method's stage table
-(tool/pipeline.py METHODS; printed first, so the stage can be rerun by hand with `python <script>.py <argv>`):
-psa runs train_cls.py / infer_cls.py, ssenet train_cls_ser.py / infer_cls_ser.py, seam train_SEAM.py /
-infer_SEAM.py, each with its own classification network (--cls_network's default), then all of them
+Stages of every method: train_cls, infer_cls, train_aff, infer_aff, train_seg, infer_seg, evaluate (sbnet runs
+train_seam, infer_seam and make_sb_map before them: its SEAM first pass and the boundary maps of its CRF labels,
+in seam/, seam_crf_la/ and sb_map/ under --work_dir). Each script stage is its script's main() called in this
+process with an argv built from the method's stage table (tool/pipeline.py METHODS; printed first, so the stage
+can be rerun by hand with `python <script>.py <argv>`): psa runs train_cls.py / infer_cls.py, ssenet
+train_cls_ser.py / infer_cls_ser.py, seam train_SEAM.py / infer_SEAM.py, sbnet train_SB.py / infer_SB.py, each
+with its own classification network (--cls_network's default), then all of them
 train_aff, infer_aff, train_seg and infer_seg. The argv is, in this order: the wiring (paths, lists,
 --network, --width, --cls_labels), the pipeline's tunables (--num_workers, --seed, --init_weights), the
-method's own flags (ssenet and seam: train_aff --lr 0.01 --batch_size 8 --max_epoches 8; infer_aff ssenet
---bg_score 0.2 --beta 8 --logt 8, seam --alpha 6 --beta 8 --logt 6), the demo settings (--demo:
+method's own flags (ssenet, seam and sbnet: train_aff --lr 0.01 --batch_size 8 --max_epoches 8; infer_aff ssenet
+--bg_score 0.2 --beta 8 --logt 8, seam and sbnet --alpha 6 --beta 8 --logt 6), the demo settings (--demo:
 configs/demo_<method>.toml, which says why each is set), then --<stage>_args; argparse keeps the last
 value, so --<stage>_args overrides everything before it except the wiring, which it may not change.
 
@@ -68,11 +70,12 @@ def method_name(argv):
 
 
 def build_parser(method=pipeline.DEFAULT_METHOD):
-    """The parser of --method `method`; with 'all' the stage options are those every method shares (the
-    default method's) and the networks default to each method's own."""
+    """The parser of --method `method`; with 'all' the stage options are those of every method's stages,
+    --from / --to choose among the stages every method has and the networks default to each method's own."""
     table = pipeline.METHODS.get(method, pipeline.METHODS[pipeline.DEFAULT_METHOD])
-    rows = table.stages
-    stages = pipeline.stage_names(table)
+    rows = pipeline.all_stage_rows() if method == pipeline.ALL else table.stages
+    stages = tuple(r.name for r in rows) + ('evaluate',)
+    ends = pipeline.shared_stage_names() if method == pipeline.ALL else stages
     demo = pipeline.load_demo(table, quick=False).pipeline
     networks = {} if method == pipeline.ALL else table.networks
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,8 +109,9 @@ def build_parser(method=pipeline.DEFAULT_METHOD):
                             help='seed of the training stages (--seed) and, with --demo, of the dataset (default 0 there)')
 
     sel = p.add_argument_group('stage selection: a stage runs if it lies in --from..--to and is not switched off')
-    sel.add_argument('--from', dest='first', choices=stages, default=stages[0], help='first stage to run')
-    sel.add_argument('--to', dest='last', choices=stages, default=stages[-1], help='last stage to run')
+    sel.add_argument('--from', dest='first', choices=ends, default=None,
+                     help=f"first stage to run (default: the method's first, {ends[0]})")
+    sel.add_argument('--to', dest='last', choices=ends, default=None, help=f'last stage to run (default {ends[-1]})')
     for stage in stages:
         sel.add_argument(f'--{stage}', action=argparse.BooleanOptionalAction, default=True,
                          help=f'run {stage} (--no-{stage} skips it)')

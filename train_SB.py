@@ -60,7 +60,7 @@ class SBTrainTransform(train_cls.TrainTransform):
 
     def __call__(self, img, sb_map):
         target_long = random.randint(self.resize.min_long, self.resize.max_long)
-        size = imutils._long_side_size(*img.size, target_long)
+        size = imutils.long_side_size(*img.size, target_long)
         img = img.resize(size, resample=Image.BICUBIC)
         sb_map = resize_sb_map(sb_map, size[::-1]).astype(np.float32).transpose(1, 2, 0)
         img, sb_map = imutils.random_hflip([np.asarray(self.jitter(img)), sb_map])

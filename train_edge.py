@@ -28,7 +28,7 @@ from tool.coco import COCOSegDataset, read_categories
 from tool.equivariance import downscale
 from tool.io import UserError, atomic_torch_save
 from tool.torchutils import PolyOptimizer, parameter_groups
-from tool.train_loop import TrainLog, _rng_state, _seed_worker, _set_rng_state, read_checkpoint, seed_run
+from tool.train_loop import TrainLog, rng_state, seed_worker, set_rng_state, read_checkpoint, seed_run
 from tool.weights import load_initial_weights, load_trained_weights
 
 LOGGED = ('loss', 'loss_cls', 'loss_er', 'loss_ecr')
@@ -120,7 +120,7 @@ class Session:
 def save_state(path, refer, edge, ref_opt, edge_opt, buffer, epoch, edge_iter, seed):
     atomic_torch_save(path, {'model': refer.state_dict(), 'optimizer': ref_opt.state_dict(), 'edge_model':
                              edge.state_dict(), 'edge_optimizer': edge_opt.state_dict(), 'epoch': epoch,
-                             'seed': seed, 'rng': _rng_state(), 'edge_iter': edge_iter,
+                             'seed': seed, 'rng': rng_state(), 'edge_iter': edge_iter,
                              'buffer': {'img': buffer.img, 'refer': buffer.refer, 'refer_rv': buffer.refer_rv,
                                         'seg': buffer.seg, 'count': buffer.count}})
 
@@ -136,7 +136,7 @@ def resume_state(path, refer, edge, ref_opt, edge_opt, buffer):
     for key in ('img', 'refer', 'refer_rv', 'seg'):
         getattr(buffer, key).copy_(ckpt['buffer'][key])
     buffer.count = ckpt['buffer']['count']
-    _set_rng_state(ckpt['rng'])
+    set_rng_state(ckpt['rng'])
     return ckpt['epoch'], ckpt['edge_iter'], ckpt['seed']
 
 
@@ -158,7 +158,7 @@ def train(args):
     ref_opt = PolyOptimizer(parameter_groups(refer, args.lr, args.wt_dec), lr=args.lr, weight_decay=args.wt_dec,
                             max_step=max_step)
     edge_opt = torch.optim.Adam(edge.parameters(), lr=args.edge_lr)
-    buffer = sfl.SegmenterBuffer(args.edge_batch_size, (args.crop_size, args.crop_size))
+    buffer = sfl.SegmenterBuffer(args.edge_batch_size, (args.crop_size, args.crop_size), device)
     start_epoch, edge_iter = 0, 0
     if args.resume:
         start_epoch, edge_iter, args.seed = resume_state(args.resume, refer, edge, ref_opt, edge_opt, buffer)
@@ -169,7 +169,7 @@ def train(args):
         print(vars(args))
         print(f'{len(dataset)} images, {dataset.num_classes} classes (person + {categories})')
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
-                            drop_last=True, worker_init_fn=_seed_worker, pin_memory=device.type == 'cuda')
+                            drop_last=True, worker_init_fn=seed_worker, pin_memory=device.type == 'cuda')
         refer.train()
         edge.train()
         for epoch in range(start_epoch, args.max_epoches):

@@ -10,17 +10,6 @@ torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
 import pytest  # noqa: E402
 
-# The full demo (the longest test) runs first, so that under `make test` (pytest -n 2 --dist worksteal) one worker
-# runs it while the other works through the rest (worksteal leaves a worker's last queued test to it, so nothing
-# else is queued behind the demo). The demo keeps its 2 torch threads beside the other worker's one (its numbers
-# depend on the thread count; at one thread it took over 20 minutes beside the other worker).
-LONG_FIRST = ('test_demo.py',)
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name not in LONG_FIRST)
-
-
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():

@@ -16,6 +16,7 @@ MARGIN = 5.0
 
 
 @pytest.mark.slow
+@pytest.mark.demo
 @pytest.mark.skipif(os.environ.get('PSA_SKIP_DEMO') == '1', reason='PSA_SKIP_DEMO=1')
 def test_demo_random_walk_and_segmentation_beat_the_best_cam(tmp_path):
     work_dir = tmp_path / 'demo'

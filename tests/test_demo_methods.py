@@ -50,7 +50,9 @@ def check_artefacts(work_dir, summary, method):
 METHOD_STAGES = {  # method: (its stage 1 and 2 scripts, its classification network, a loss term of its log, bg)
     'psa': (('train_cls', 'infer_cls'), 'network.resnet38_cls', ' loss:', 0.2),
     'ssenet': (('train_cls_ser', 'infer_cls_ser'), 'network.resnet38_cls_ser', 'loss_r:', 0.2),
-    'seam': (('train_SEAM', 'infer_SEAM'), 'network.resnet38_SEAM', 'loss_ecr:', 0.26)}
+    'seam': (('train_SEAM', 'infer_SEAM'), 'network.resnet38_SEAM', 'loss_ecr:', 0.26),
+    'sbnet': (('train_SB', 'infer_SB'), 'network.resnet38_SEAM_BD', 'loss_smooth:', 0.26)}
+MIN_MAX_NORMED = ('seam', 'sbnet')  # SEAM's min-max norm of the CAMs sends the min below 0
 
 
 def check_method_run(work_dir, summary, method, data):
@@ -65,25 +67,51 @@ def check_method_run(work_dir, summary, method, data):
     assert on_disk['cam_pred_bg'] == cam_pred_bg and f'CAM (background score {cam_pred_bg:g})' in text
     val_ids = voc12.data.load_img_name_list(str(data / 'lists' / 'val.txt'))[:3]
     labels = voc12.data.load_image_label_list_from_npy(val_ids, str(data / 'cls_labels.npy'))
-    for i, label in zip(val_ids, labels):  # CAM dicts of the label's classes, at most 1 (max-norm: at least 0;
-        cam = load_dict_npy(str(work_dir / 'cam' / f'{i}.npy'))  # SEAM's min-max norm sends the min below 0)
+    for i, label in zip(val_ids, labels):  # CAM dicts of the label's classes, at most 1 (max-norm: at least 0)
+        cam = load_dict_npy(str(work_dir / 'cam' / f'{i}.npy'))
         assert sorted(cam) == np.nonzero(label)[0].tolist()
-        assert all(np.isfinite(v).all() and v.max() <= 1 and (method == 'seam' or v.min() >= 0) for v in cam.values())
+        assert all(np.isfinite(v).all() and v.max() <= 1 and (method in MIN_MAX_NORMED or v.min() >= 0)
+                   for v in cam.values())
     return on_disk, text
+
+
+def check_sbnet_first_pass(work_dir, data):
+    """sbnet's SEAM first pass ran with SEAM's scripts and network, and train_SB read the boundary maps of its CRF
+    labels: per train image, the inner boundary of each label region of the argmax of the la CRF dict."""
+    records = json.loads((work_dir / 'stages.json').read_text())
+    assert [records[s]['script'] for s in ('train_seam', 'infer_seam', 'make_sb_map')] == \
+        ['train_SEAM', 'infer_SEAM', 'make_sb_map']
+    assert "'network': 'network.resnet38_SEAM'" in next((work_dir / 'seam').glob('*.log')).read_text()
+    argv = records['train_cls']['argv'][0]
+    assert argv[argv.index('--sb_map_dir') + 1] == str(work_dir / 'sb_map')
+    for i in voc12.data.load_img_name_list(str(data / 'lists' / 'train_aug.txt'))[:3]:
+        crf = load_dict_npy(str(work_dir / 'seam_crf_la' / f'{i}.npy'))
+        keys = sorted(crf)
+        label = np.asarray(keys)[np.argmax(np.stack([crf[k] for k in keys]), 0)]
+        sb_map = np.load(work_dir / 'sb_map' / f'{i}.npy')
+        assert sb_map.shape == (21,) + label.shape and sb_map.dtype == np.float32
+        for c in range(21):
+            region = np.pad(label == c, 1, mode='edge')
+            inside = np.ones_like(region[1:-1, 1:-1])
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    inside &= region[1 + dy:region.shape[0] - 1 + dy, 1 + dx:region.shape[1] - 1 + dx]
+            np.testing.assert_array_equal(sb_map[c], (label == c) & ~inside)
 
 
 @pytest.mark.slow
 def test_quick_demo_settings_of_every_method_on_a_folder_of_ones_own(tmp_path):
     """--method all with the demo's settings on a small VOC-layout folder given by the dataset flags (made under
     another seed than the demo's): each method's own stages ran on it, the reports name the folder, nothing was
-    generated, and methods.md / methods.png compare the three runs."""
+    generated, and methods.md / methods.png compare the four runs."""
     data = tmp_path / 'mine'
     make_demo(str(data), n_train=16, n_val=6, size=96, seed=7)
     work_dir = tmp_path / 'work'
     summaries = run(['--demo', '--quick', '--method', 'all', '--work_dir', str(work_dir), '--voc12_root', str(data),
                      '--train_list', str(data / 'lists' / 'train_aug.txt'), '--val_list', str(data / 'lists' / 'val.txt'),
                      '--gt_dir', str(data / 'SegmentationClass'), '--cls_labels', str(data / 'cls_labels.npy')])
-    assert list(summaries) == ['psa', 'ssenet', 'seam'] and not (work_dir / 'data').exists()
+    assert list(summaries) == ['psa', 'ssenet', 'seam', 'sbnet'] and not (work_dir / 'data').exists()
+    check_sbnet_first_pass(work_dir / 'sbnet', data)
     for method, summary in summaries.items():
         on_disk, text = check_method_run(work_dir / method, summary, method, data)
         assert on_disk['num_val_images'] == 6 and 'demo_data' not in on_disk['status']
@@ -96,6 +124,6 @@ def test_quick_demo_settings_of_every_method_on_a_folder_of_ones_own(tmp_path):
     for key, title in (('rw_miou', 'random walk (AffinityNet)'), ('seg_crf_miou', 'retrained segmentation + dCRF')):
         row = next(line for line in table.splitlines() if line.startswith(f'| {title}'))
         assert row == f'| {title} | ' + ' | '.join(f'{s[key]:.1f}' for s in summaries.values()) + ' |'
-    with Image.open(work_dir / 'methods.png') as png:  # a bar per method and score: the three method colours
+    with Image.open(work_dir / 'methods.png') as png:  # a bar per method and score: the four method colours
         colours = {tuple(c) for c in np.asarray(png.convert('RGB')).reshape(-1, 3)}
-    assert {(31, 119, 180), (255, 127, 14), (44, 160, 44)} <= colours
+    assert {(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)} <= colours

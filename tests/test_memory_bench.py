@@ -1,5 +1,4 @@
 """bench/bench_memory.py: the meta-device estimate against real CPU counts, the measured path's steps, the table."""
-import importlib.util
 import math
 
 import pytest
@@ -9,10 +8,7 @@ from bench import bench_memory
 from tool.train_loop import autocast
 
 WIDTH, CROP = 0.125, 96
-# train_SB's network comes with SBNet (network/resnet38_SEAM_BD.py); its rows are tested once it is there
-HAVE_SB = importlib.util.find_spec(bench_memory.STAGES['train_SB'][0]) is not None
-STAGES = [s if s != 'train_SB' or HAVE_SB else pytest.param(s, marks=pytest.mark.skip('no SBNet network'))
-          for s in bench_memory.STAGES]
+STAGES = list(bench_memory.STAGES)
 
 
 @pytest.mark.parametrize('stage', STAGES)
@@ -47,7 +43,7 @@ def test_train_steps_run_and_update_the_network(stage):
 
 
 def test_table_rows(capsys):
-    stages = [s for s in bench_memory.STAGES if s != 'train_SB' or HAVE_SB]
+    stages = list(bench_memory.STAGES)
     bench_memory.main(['--width', str(WIDTH), '--crop', str(CROP), '--estimate', '--stages', ','.join(stages)])
     out = capsys.readouterr().out
     assert 'ESTIMATE' in out
@@ -60,7 +56,7 @@ def test_table_rows(capsys):
     per_stage = {'train_cls': 4, 'train_aff': 4, 'train_seg': 3, 'train_SEAM': 4, 'train_SB': 4}
     assert len(rows) == 2 * sum(per_stage[s] for s in stages) and all(len(r) == 8 for r in rows)
     assert list(dict.fromkeys(r[0].strip() for r in rows)) == stages
-    assert ('train_SB loss: tool/sb_losses.sbnet_loss' in out) == HAVE_SB
+    assert 'train_SB loss: tool/sb_losses.sbnet_loss' in out
 
 
 @pytest.mark.parametrize('stage', STAGES)

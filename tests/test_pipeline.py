@@ -297,10 +297,11 @@ def test_a_method_table_drives_the_stages(tmp_path, monkeypatch):
          '--cls_labels', str(data / 'cls_labels.npy'), '--train_list', str(data / 'lists' / 'train_aug.txt'),
          '--session_name', str(work / 'net' / 'clf'), '--seed', '0',
          '--lr', '0.5', '--lr', '0.3', '--batch_size', '2', '--batch_size', '3'],
-        ['--infer_list', str(data / 'lists' / 'val.txt'), '--weights', str(work / 'net' / 'clf.pth'), '--out', str(work / 'lbl')]]
+        ['--voc12_root', str(data), '--infer_list', str(data / 'lists' / 'val.txt'), '--weights',  # no network
+         str(work / 'net' / 'clf.pth'), '--out', str(work / 'lbl')]]
     records = json.loads((work / 'stages.json').read_text())
     assert list(records) == ['clf', 'labels'] and records['clf']['script'] == 'fake_stage_script'
-    assert 'python fake_stage_script.py --infer_list ' in report.settings_text(records)
+    assert 'python fake_stage_script.py --voc12_root ' in report.settings_text(records)
 
     run_pipeline.main(argv)  # clf is complete; labels wrote nothing, so it runs again
     assert len(calls) == 3 and calls[2] == calls[1]
@@ -360,19 +361,57 @@ def flag_value(argv, flag):
 
 
 def test_method_tables_share_stage_names_and_name_their_scripts_and_networks():
-    assert set(pipeline.METHODS) == {'psa', 'ssenet', 'seam'}
-    for method in pipeline.METHODS.values():
-        assert pipeline.stage_names(method) == STAGES  # --method all parses one set of stage options
-    scripts = {name: [s.module for s in m.stages] for name, m in pipeline.METHODS.items()}
+    assert set(pipeline.METHODS) == {'psa', 'ssenet', 'seam', 'sbnet'}
+    first_pass = ('train_seam', 'infer_seam', 'make_sb_map')
+    for name, method in pipeline.METHODS.items():  # PSA's stages; sbnet's first pass before them
+        assert pipeline.stage_names(method) == (first_pass if name == 'sbnet' else ()) + STAGES
+    scripts = {name: [s.module for s in m.stages if s.name not in first_pass] for name, m in pipeline.METHODS.items()}
     assert scripts['ssenet'][:2] == ['train_cls_ser', 'infer_cls_ser']
     assert scripts['seam'][:2] == ['train_SEAM', 'infer_SEAM']
-    assert scripts['psa'][2:] == scripts['ssenet'][2:] == scripts['seam'][2:]
+    assert scripts['sbnet'][:2] == ['train_SB', 'infer_SB']
+    assert scripts['psa'][2:] == scripts['ssenet'][2:] == scripts['seam'][2:] == scripts['sbnet'][2:]
+    assert [s.module for s in pipeline.METHODS['sbnet'].stages[:3]] == ['train_SEAM', 'infer_SEAM', 'make_sb_map']
     assert {name: m.networks['cls'] for name, m in pipeline.METHODS.items()} == {
-        'psa': 'network.resnet38_cls', 'ssenet': 'network.resnet38_cls_ser', 'seam': 'network.resnet38_SEAM'}
+        'psa': 'network.resnet38_cls', 'ssenet': 'network.resnet38_cls_ser', 'seam': 'network.resnet38_SEAM',
+        'sbnet': 'network.resnet38_SEAM_BD'}
     for name in pipeline.METHODS:
         defaults = run_pipeline.build_parser(name).parse_args(['--work_dir', 'w'])
         assert defaults.cls_network == pipeline.METHODS[name].networks['cls']
         assert (defaults.aff_network, defaults.seg_network) == ('network.resnet38_aff', 'network.resnet38_seg')
+
+
+def test_method_all_offers_every_stage_option_and_the_shared_stages_to_from_and_to():
+    parser = run_pipeline.build_parser(pipeline.ALL)
+    args = parser.parse_args(['--work_dir', 'w', '--no-make_sb_map', '--train_seam_args=--lr 1', '--from', 'train_aff'])
+    assert not args.make_sb_map and args.train_seam_args == '--lr 1' and args.infer_seg_args == ''
+    assert pipeline.selected_stages(args, pipeline.METHODS['sbnet']) == list(STAGES[2:])
+    args = parser.parse_args(['--work_dir', 'w', '--no-make_sb_map'])  # no --from: each method's first stage
+    assert pipeline.selected_stages(args, pipeline.METHODS['sbnet'])[:2] == ['train_seam', 'infer_seam']
+    assert pipeline.selected_stages(args, PSA) == list(STAGES)
+    with pytest.raises(SystemExit):  # psa has no make_sb_map to start from
+        parser.parse_args(['--work_dir', 'w', '--from', 'make_sb_map'])
+
+
+def test_sbnet_argvs_wire_its_first_pass_into_the_boundary_maps_and_train_sb(tmp_path, small_demo_data):
+    argvs = demo_argvs('sbnet', tmp_path, small_demo_data)
+    seam = demo_argvs('seam', tmp_path, small_demo_data)
+    train_seam, infer_seam, sb_map = argvs['train_seam'][0], argvs['infer_seam'], argvs['make_sb_map']
+    assert flag_value(train_seam, '--network') == 'network.resnet38_SEAM'
+    assert flag_value(train_seam, '--session_name') == str(tmp_path / 'seam' / 'res38_SEAM')
+    drop = ('--session_name',)
+    assert [a for i, a in enumerate(train_seam) if train_seam[i - 1] not in drop] == \
+        [a for i, a in enumerate(seam['train_cls'][0]) if seam['train_cls'][0][i - 1] not in drop]  # seam's demo
+    assert len(infer_seam) == 1 and flag_value(infer_seam[0], '--infer_list').endswith('train_aug.txt')
+    assert flag_value(infer_seam[0], '--out_la_crf') == str(tmp_path / 'seam_crf_la')
+    assert flag_value(infer_seam[0], '--weights') == str(tmp_path / 'seam' / 'res38_SEAM.pth')
+    assert len(sb_map) == 1 and flag_value(sb_map[0], '--label_dir') == str(tmp_path / 'seam_crf_la')
+    assert flag_value(sb_map[0], '--source') == 'crf' and flag_value(sb_map[0], '--out_dir') == str(tmp_path / 'sb_map')
+    assert flag_value(sb_map[0], '--voc12_root') == small_demo_data and '--weights' not in sb_map[0]
+    train_sb = argvs['train_cls'][0]
+    assert flag_value(train_sb, '--network') == 'network.resnet38_SEAM_BD'
+    assert flag_value(train_sb, '--sb_map_dir') == str(tmp_path / 'sb_map')
+    assert flag_value(argvs['train_aff'][0], '--weights') == str(tmp_path / 'cls' / 'res38_SB.backbone.pth')
+    assert argvs['infer_aff'] == seam['infer_aff']
 
 
 @pytest.mark.parametrize('method, cls_script, cls_network, walk', [
@@ -400,11 +439,26 @@ def test_descendant_argvs_carry_the_method_flags_then_the_demo_settings(tmp_path
 
 
 def test_descendant_demo_files_are_psa_settings():
-    """demo_ssenet.toml and demo_seam.toml start from demo_psa.toml (base) and change nothing of it."""
+    """demo_ssenet.toml, demo_seam.toml and demo_sbnet.toml start from demo_psa.toml (base) and change nothing of
+    it; sbnet's first pass takes seam's stage 1 and 2 settings (like = ...)."""
     psa = pipeline.load_demo(PSA, quick=True)
-    for name in ('ssenet', 'seam'):
+    for name in ('ssenet', 'seam', 'sbnet'):
         demo = pipeline.load_demo(pipeline.METHODS[name], quick=True)
-        assert (demo.data, demo.pipeline, demo.argv) == (psa.data, psa.pipeline, psa.argv)
+        argv = {s: v for s, v in demo.argv.items() if s in psa.argv}
+        assert (demo.data, demo.pipeline, argv) == (psa.data, psa.pipeline, psa.argv)
+    sbnet = pipeline.load_demo(pipeline.METHODS['sbnet'], quick=True).argv
+    assert (sbnet['train_seam'], sbnet['infer_seam'], sbnet['make_sb_map']) == (psa.argv['train_cls'],
+                                                                               psa.argv['infer_cls'], [])
+
+
+def test_a_stage_table_like_another(tmp_path):
+    (tmp_path / 'demo.toml').write_text('[train_cls]\nargs = ["--lr 1"]\nquick = ["--max_epoches 1"]\n'
+                                        '[infer_cls]\nlike = "train_cls"\n')
+    method = PSA._replace(demo=str(tmp_path / 'demo.toml'))
+    assert pipeline.load_demo(method, quick=True).argv['infer_cls'] == ['--lr', '1', '--max_epoches', '1']
+    (tmp_path / 'demo.toml').write_text('[infer_cls]\nlike = "nope"\n')
+    with pytest.raises(UserError, match='like'):
+        pipeline.load_demo(method, quick=True)
 
 
 def test_a_demo_file_with_a_base_overrides_keys_and_stage_tables(tmp_path):
@@ -505,7 +559,7 @@ def test_method_all_runs_every_method_on_the_shared_data(tmp_path, monkeypatch):
         return fake_summary([50.0] * 6, {'total': 1.0}) | {'work_dir': args.work_dir}
     monkeypatch.setattr(run_pipeline, 'run_method', fake_run)
     summaries = run_pipeline.main(['--method', 'all', '--demo', '--work_dir', str(tmp_path), '--seed', '3'])
-    assert list(summaries) == ['psa', 'ssenet', 'seam'] == [s['method'] for s in seen]
+    assert list(summaries) == ['psa', 'ssenet', 'seam', 'sbnet'] == [s['method'] for s in seen]
     data = str(tmp_path / 'data')
     assert json.loads((tmp_path / 'data' / 'demo_params.json').read_text())['seed'] == 3  # generated once, here
     for args in seen:

@@ -18,7 +18,7 @@ _PIL_ORDER = {0: Image.NEAREST, 1: Image.BILINEAR, 3: Image.BICUBIC}
 
 # ----------------------------------------------------------------------------------------- resizing
 
-def _long_side_size(w, h, target_long):
+def long_side_size(w, h, target_long):
     """(w, h) rescaled so that the longer side equals target_long (PIL size order)."""
     if w < h:
         return int(round(w * target_long / h)), target_long
@@ -34,7 +34,7 @@ class RandomResizeLong:
 
     def __call__(self, img):
         target_long = random.randint(self.min_long, self.max_long)
-        return img.resize(_long_side_size(*img.size, target_long), resample=Image.BICUBIC)
+        return img.resize(long_side_size(*img.size, target_long), resample=Image.BICUBIC)
 
 
 class RandomResizeImageAndMask:
@@ -46,7 +46,7 @@ class RandomResizeImageAndMask:
 
     def __call__(self, img, mask):
         target_long = random.randint(self.min_long, self.max_long)
-        size = _long_side_size(*img.size, target_long)
+        size = long_side_size(*img.size, target_long)
         img = img.resize(size, resample=Image.BICUBIC)
         mask = np.asarray(Image.fromarray(mask).resize(size, resample=Image.NEAREST))
         return img, mask

@@ -10,9 +10,10 @@ overrides everything before it except the wiring, which it may not change.
 
 A training stage (a row with a session) makes one call on the train list; its output is <session>.pth.
 Any other stage makes one call per list in its outputs, and is complete once every listed file exists.
-A Method is its stage table, its demo settings file (which may start from a `base` file) and the default
-network of each wiring of NETS. Every method has the same stage names, so --method all parses one set of
-stage options and its methods.md compares stage by stage.
+A stage without a network gets --voc12_root. A Method is its stage table, its demo settings file (which may
+start from a `base` file) and the default network of each wiring of NETS. Every method has PSA's stage names
+(SBNet runs three stages before them: its SEAM first pass and the boundary maps), so methods.md compares
+stage by stage; --method all parses the stage options of every method.
 """
 import importlib
 import inspect
@@ -46,6 +47,7 @@ class Stage(NamedTuple):
     """A row of a method's stage table."""
     name: str               # --from/--to, --no-<name>, --<name>_args and the key in stages.json
     net: str = None         # 'cls' / 'aff' / 'seg': the network wiring of NETS (None: no network)
+    network: str = None     # a --network of the row's own instead of the run's --<net>_network
     needs: tuple = ()       # stages whose outputs must be complete before this one runs
     session: str = None     # training stages: --session_name under --work_dir (.pth, .ckpt.pth, .log beside it)
     weights: str = None     # the stage whose <session>.pth is --weights (a training stage: with --init_from_cls only)
@@ -54,6 +56,7 @@ class Stage(NamedTuple):
     options: tuple = ()     # (flag, option of run_pipeline.py): tunables that --<stage>_args may override
     script: str = None      # the script's module (default: name)
     flags: str = ''         # the method's own flags of the script
+    list_flag: str = '--infer_list'  # the flag of the image list of a call that is no training
 
     @property
     def module(self):
@@ -105,10 +108,24 @@ SEAM = (
     PSA[2]._replace(flags=DESCENDANT_AFF),
     PSA[3]._replace(flags='--alpha 6 --beta 8 --logt 6'),
     *PSA[4:])
+# SBNet: a SEAM first pass whose CRF labels of the train images give the boundary maps (image-level supervision
+# only; descendants.md section 3), then SEAM's chain with train_SB / infer_SB as stages 1 and 2
+SB_LABELS, SB_MAP = Out('--out_la_crf', 'seam_crf_la', 'npy'), Out('--out_dir', 'sb_map', 'npy')
+SBNET = (
+    SEAM[0]._replace(name='train_seam', session='seam/res38_SEAM', network='network.resnet38_SEAM'),
+    SEAM[1]._replace(name='infer_seam', network='network.resnet38_SEAM', needs=('train_seam',), weights='train_seam',
+                     outputs=(('train', (SB_LABELS,)),)),
+    Stage('make_sb_map', needs=('infer_seam',), inputs=(('--label_dir', SB_LABELS.folder),),
+          outputs=(('train', (SB_MAP,)),), flags='--source crf', list_flag='--list'),
+    SEAM[0]._replace(session='cls/res38_SB', script='train_SB', needs=('make_sb_map',),
+                     inputs=(('--sb_map_dir', SB_MAP.folder),)),
+    SEAM[1]._replace(script='infer_SB'),
+    *SEAM[2:])
 AFF_SEG = {'aff': 'network.resnet38_aff', 'seg': 'network.resnet38_seg'}
 METHODS = {'psa': Method(PSA, 'demo_psa.toml', dict(AFF_SEG, cls='network.resnet38_cls')),
            'ssenet': Method(SSENET, 'demo_ssenet.toml', dict(AFF_SEG, cls='network.resnet38_cls_ser')),
-           'seam': Method(SEAM, 'demo_seam.toml', dict(AFF_SEG, cls='network.resnet38_SEAM'))}
+           'seam': Method(SEAM, 'demo_seam.toml', dict(AFF_SEG, cls='network.resnet38_SEAM')),
+           'sbnet': Method(SBNET, 'demo_sbnet.toml', dict(AFF_SEG, cls='network.resnet38_SEAM_BD'))}
 DEFAULT_METHOD = 'psa'
 ALL = 'all'  # --method all: every method of METHODS on the same data, each in <work_dir>/<method>
 
@@ -118,9 +135,25 @@ def stage_names(method):
     return tuple(s.name for s in method.stages) + ('evaluate',)
 
 
+def shared_stage_names():
+    """The stage names of every method (--method all's --from/--to), in their order."""
+    every = [set(stage_names(m)) for m in METHODS.values()]
+    return tuple(n for n in stage_names(METHODS[DEFAULT_METHOD]) if all(n in names for names in every))
+
+
+def all_stage_rows():
+    """One row per stage name of any method (--method all's stage options), the default method's first."""
+    rows = {}
+    for method in (METHODS[DEFAULT_METHOD], *METHODS.values()):
+        for stage in method.stages:
+            rows.setdefault(stage.name, stage)
+    return tuple(rows.values())
+
+
 def selected_stages(args, method):
+    """The stages of --from..--to (default: the method's first and last) that are not switched off."""
     names = stage_names(method)
-    first, last = names.index(args.first), names.index(args.last)
+    first, last = names.index(args.first or names[0]), names.index(args.last or names[-1])
     if first > last:
         raise UserError(f'--from {args.first} comes after --to {args.last}; stages run in the order {", ".join(names)}')
     return [s for s in names[first:last + 1] if getattr(args, s)]
@@ -168,10 +201,13 @@ def load_demo(method, quick, preset=None):
 
     def flags(stage):
         row = doc.get(stage, {})
+        if set(row) == {'like'} and row['like'] in names and row['like'] != stage:
+            return flags(row['like'])
         full, changes = row.get('args', []), row.get('quick', [])
         if set(row) - {'args', 'quick'} or not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
                                                    for v in (full, changes)):
-            raise UserError(f'{path}: [{stage}] holds args = [...] and quick = [...], lists of flags such as "--lr 0.1"')
+            raise UserError(f'{path}: [{stage}] holds args = [...] and quick = [...], lists of flags such as '
+                            f'"--lr 0.1", or only like = "<another stage>" (that stage\'s flags)')
         return [token for item in full + (changes if quick else []) for token in shlex.split(item)]
 
     data = table('data')
@@ -298,7 +334,9 @@ def flag_argv(flags):
 
 def stage_calls(args, lay, stage):
     """[Call] of a stage row."""
-    net = NETS[stage.net](args) if stage.net else {}
+    net = NETS[stage.net](args) if stage.net else {'--voc12_root': args.voc12_root}
+    if stage.network:
+        net['--network'] = stage.network
     inputs = {flag: lay.path(folder) for flag, folder in stage.inputs}
     if stage.session:
         wiring = dict(net, **{'--train_list': args.train_list}, **inputs, **{'--session_name': lay.session(stage.name)})
@@ -309,7 +347,7 @@ def stage_calls(args, lay, stage):
     calls = []
     for split, outs in stage.outputs:
         outs = [o for o in outs if o.when is None or getattr(args, o.when)]
-        wiring = dict(net, **{'--infer_list': lay.lists[split], '--weights': lay.weights(stage.weights)}, **inputs,
+        wiring = dict(net, **{stage.list_flag: lay.lists[split], '--weights': lay.weights(stage.weights)}, **inputs,
                       **{o.flag: lay.path(o.folder) for o in outs})
         tunables = {'--num_workers': args.num_workers, **{flag: getattr(args, option) for flag, option in stage.options}}
         calls.append(Call(wiring, tunables, sum((lay.files(o.folder, o.ext, lay.ids[split]) for o in outs), ())))
@@ -346,7 +384,8 @@ def stage_argvs(args, method, calls, demo):
             wiring = flag_argv(call.wiring)
             argv = wiring + flag_argv(call.tunables) + extra
             wired, final = vars(parse_stage_argv(stage, wiring)), vars(parse_stage_argv(stage, argv))
-            changed = [dest for dest in (flag[2:] for flag in call.wiring) if wired[dest] != final[dest]]
+            changed = [dest for dest in (flag[2:] for flag, v in call.wiring.items() if v is not None)
+                       if wired[dest] != final[dest]]
             if changed:
                 raise UserError(f'--{stage.name}_args sets --{changed[0]}, which the pipeline wires itself; use '
                                 f'run_pipeline.py\'s own option for it (see --help) or another --work_dir')

@@ -14,12 +14,12 @@ Two sources:
 import os
 
 import numpy as np
-import scipy.io
 from scipy import ndimage
 
 from tool.io import UserError, atomic_save_npy, check_image, load_label_png
 from tool.metrics import check_labels
-from voc12.data import IGNORE, N_CLASSES, _load_score_stack, get_img_path
+from voc12.data import IGNORE, N_CLASSES, get_img_path, load_score_stack
+from voc12.prepare_sbd import load_gtcls_field
 
 N_CHANNELS = N_CLASSES + 1
 SQUARE = np.ones((3, 3), bool)
@@ -42,12 +42,12 @@ def pseudo_label_boundaries(label, thickness=1):
 def load_sbd_boundaries(path):
     """The 20 class boundary maps of an SBD cls/<id>.mat (struct GTcls, cell Boundaries of sparse HxW) as
     bool (20, H, W)."""
+    cells = load_gtcls_field(path, 'Boundaries', 'boundary file')
     try:
-        cells = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)['GTcls'].Boundaries
         maps = np.stack([np.asarray(cell.toarray() if hasattr(cell, 'toarray') else cell) for cell in cells])
-    except Exception as e:
-        raise UserError(f'{path} is not an SBD boundary file (struct GTcls with a cell Boundaries of 20 maps): '
-                        f'{e.__class__.__name__} (re-extract the SBD archive)')
+    except (TypeError, ValueError) as e:
+        raise UserError(f'{path} is not an SBD boundary file: GTcls.Boundaries is no cell of 20 HxW maps '
+                        f'({e.__class__.__name__}; re-extract the SBD archive)')
     if maps.shape[0] != N_CLASSES or maps.ndim != 3:
         raise UserError(f'{path}: GTcls.Boundaries holds {maps.shape[0]} maps of shape {maps.shape[1:]}, '
                         f'expected {N_CLASSES} HxW maps (re-extract the SBD archive)')
@@ -61,7 +61,7 @@ def sbd_boundaries(class_maps):
 
 def label_from_crf_dict(path, size_hw):
     """HxW uint8 labels of a CRF dict {0: bg, k+1: class k}: the key of the highest score."""
-    keys, scores = _load_score_stack(path, size_hw)
+    keys, scores = load_score_stack(path, size_hw)
     return keys[np.argmax(scores, axis=-1)]
 
 

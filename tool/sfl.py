@@ -71,11 +71,12 @@ class SegmenterBuffer:
     slot 0, overwriting slot by slot, so the stale samples of earlier batches stay in the higher slots.
     """
 
-    def __init__(self, size, crop_hw):
-        self.img = torch.zeros((size, 3) + tuple(crop_hw))
-        self.refer = torch.zeros((size, 1) + tuple(crop_hw))
-        self.refer_rv = torch.zeros((size, 1) + tuple(crop_hw))
-        self.seg = torch.zeros((size, 1) + tuple(crop_hw))
+    def __init__(self, size, crop_hw, device=None):
+        with torch.device(device or 'cpu'):  # the segmenter's device: its batches go straight into it
+            self.img = torch.zeros((size, 3) + tuple(crop_hw))
+            self.refer = torch.zeros((size, 1) + tuple(crop_hw))
+            self.refer_rv = torch.zeros((size, 1) + tuple(crop_hw))
+            self.seg = torch.zeros((size, 1) + tuple(crop_hw))
         self.count = 0
 
     def push(self, img, refer, refer_rv, seg):

@@ -63,13 +63,13 @@ def seed_run(args):
     torch.manual_seed(args.seed)
 
 
-def _seed_worker(worker_id):
+def seed_worker(worker_id):
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
 
 
-def _rng_state():
+def rng_state():
     """The RNG states in types torch.load(weights_only=True) accepts (numpy's key as a list of ints)."""
     numpy_state = np.random.get_state(legacy=False)
     numpy_state['state'] = {'key': numpy_state['state']['key'].tolist(), 'pos': int(numpy_state['state']['pos'])}
@@ -79,7 +79,7 @@ def _rng_state():
     return state
 
 
-def _set_rng_state(state):
+def set_rng_state(state):
     random.setstate(state['python'])
     np.random.set_state(state['numpy'])
     torch.set_rng_state(state['torch'])
@@ -168,7 +168,7 @@ def _train_step(model, optimizer, batch, batch_loss, state, device, amp, scaler)
 
 def save_checkpoint(path, model, optimizer, epoch, seed, scaler=None):
     atomic_torch_save(path, {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                             'epoch': epoch, 'seed': seed, 'rng': _rng_state(),
+                             'epoch': epoch, 'seed': seed, 'rng': rng_state(),
                              'scaler': scaler.state_dict() if scaler is not None else None})
 
 
@@ -194,7 +194,7 @@ def _resume(path, model, optimizer, scaler):
     optimizer.max_step = max_step
     if scaler is not None and ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
-    _set_rng_state(ckpt['rng'])
+    set_rng_state(ckpt['rng'])
     return ckpt['epoch'], ckpt['seed']
 
 
@@ -262,7 +262,7 @@ class Distributed:
             sampler = DistributedSampler(dataset, self.world, self.rank, shuffle=True, seed=seed, drop_last=True)
         return DataLoader(dataset, batch_size=args.batch_size // self.world, shuffle=sampler is None,
                           sampler=sampler, num_workers=args.num_workers, pin_memory=self.device.type == 'cuda',
-                          drop_last=True, worker_init_fn=_seed_worker, collate_fn=collate_fn)
+                          drop_last=True, worker_init_fn=seed_worker, collate_fn=collate_fn)
 
 
 def _log_window(log, meter, step, max_step, imps, timer, lr):

@@ -113,7 +113,7 @@ def check_crf_dicts(sizes, crf_dirs):
         require_files([os.path.join(folder, name + '.npy') for name in sizes], f'CRF dicts of {flag}',
                       'rerun infer_cls with --out_la_crf / --out_ha_crf for this list')
         for name, size_hw in sizes.items():
-            _load_score_stack(os.path.join(folder, name + '.npy'), size_hw)
+            load_score_stack(os.path.join(folder, name + '.npy'), size_hw)
 
 
 def load_checked_label(path, size_hw):
@@ -278,7 +278,7 @@ class VOC12ClsDatasetMSF(VOC12ClsDataset):
         return name, multiscale_flip(img, self.scales, self.inter_transform, self.unit), label
 
 
-def _load_score_stack(path, size_hw):
+def load_score_stack(path, size_hw):
     """A CRF dict {0: bg, k+1: class k} as (sorted keys uint8, HxWxK float32 stack)."""
     scores = load_dict_npy(path)
     keys = sorted(scores)
@@ -326,8 +326,8 @@ class VOC12AffDataset(_AffinityLabelDataset):
     def __getitem__(self, idx):
         name, img = super().__getitem__(idx)
         size_hw = (img.size[1], img.size[0])
-        la_keys, la = _load_score_stack(os.path.join(self.label_la_dir, name + '.npy'), size_hw)
-        ha_keys, ha = _load_score_stack(os.path.join(self.label_ha_dir, name + '.npy'), size_hw)
+        la_keys, la = load_score_stack(os.path.join(self.label_la_dir, name + '.npy'), size_hw)
+        ha_keys, ha = load_score_stack(os.path.join(self.label_ha_dir, name + '.npy'), size_hw)
         img, scores = self.apply_transforms(img, np.concatenate((la, ha), axis=-1))
         no_score = np.max(scores, axis=-1) < 1e-5
         label_la = la_keys[np.argmax(scores[..., :len(la_keys)], axis=-1)]

@@ -26,14 +26,18 @@ from voc12.data import N_CLASSES, VOC12_DIR, load_img_name_list
 FULL_VOC_COUNTS = {'train_aug': 10582, 'train': 1464, 'val': 1449}
 
 
+def load_gtcls_field(path, field, what):
+    """Field `field` of the struct GTcls of an SBD cls/<id>.mat; `what` names the file in the one-line error."""
+    try:
+        return getattr(scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)['GTcls'], field)
+    except Exception as e:
+        raise UserError(f'{path} is not an SBD {what} (struct GTcls with field {field}): '
+                        f'{e.__class__.__name__} (re-extract the SBD archive)')
+
+
 def load_sbd_mat(path):
     """Class indices of an SBD cls/<id>.mat as HxW uint8."""
-    try:
-        seg = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)['GTcls'].Segmentation
-        seg = np.asarray(seg)
-    except Exception as e:
-        raise UserError(f'{path} is not an SBD class mask (struct GTcls with field Segmentation): '
-                        f'{e.__class__.__name__} (re-extract the SBD archive)')
+    seg = np.asarray(load_gtcls_field(path, 'Segmentation', 'class mask'))
     if seg.ndim != 2 or seg.min(initial=0) < 0 or seg.max(initial=0) > 255:
         raise UserError(f'{path}: GTcls.Segmentation must be an HxW map of classes 0..20')
     return seg.astype(np.uint8)
