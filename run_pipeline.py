@@ -125,8 +125,9 @@ def build_parser(method=pipeline.DEFAULT_METHOD):
                      help='--weights of the three training stages (ImageNet .params / .caffemodel / .pth; '
                           'default: train from the random initialisation)')
     net.add_argument('--init_from_cls', action=argparse.BooleanOptionalAction, default=None,
-                     help='train_aff and train_seg start from the backbone train_cls trained (instead of '
-                          "--init_weights; default off, --demo on)")
+                     help='train_aff and train_seg start from the backbone train_cls trained, sbnet\'s train_cls '
+                          "from the whole SEAM network train_seam trained (instead of --init_weights; default "
+                          "off, --demo on)")
 
     run = p.add_argument_group('running')
     run.add_argument('--num_workers', type=int, default=None,

@@ -410,6 +410,9 @@ def test_sbnet_argvs_wire_its_first_pass_into_the_boundary_maps_and_train_sb(tmp
     train_sb = argvs['train_cls'][0]
     assert flag_value(train_sb, '--network') == 'network.resnet38_SEAM_BD'
     assert flag_value(train_sb, '--sb_map_dir') == str(tmp_path / 'sb_map')
+    # the demo (init_from_cls) starts it from the whole first-pass SEAM network, not its backbone, at lr 0.01
+    assert flag_value(train_sb, '--weights') == str(tmp_path / 'seam' / 'res38_SEAM.pth')
+    assert flag_value(train_sb, '--lr') == '0.01' and '--weights' not in train_seam
     assert flag_value(argvs['train_aff'][0], '--weights') == str(tmp_path / 'cls' / 'res38_SB.backbone.pth')
     assert argvs['infer_aff'] == seam['infer_aff']
 
@@ -440,15 +443,20 @@ def test_descendant_argvs_carry_the_method_flags_then_the_demo_settings(tmp_path
 
 def test_descendant_demo_files_are_psa_settings():
     """demo_ssenet.toml, demo_seam.toml and demo_sbnet.toml start from demo_psa.toml (base) and change nothing of
-    it; sbnet's first pass takes seam's stage 1 and 2 settings (like = ...)."""
-    psa = pipeline.load_demo(PSA, quick=True)
-    for name in ('ssenet', 'seam', 'sbnet'):
-        demo = pipeline.load_demo(pipeline.METHODS[name], quick=True)
-        argv = {s: v for s, v in demo.argv.items() if s in psa.argv}
-        assert (demo.data, demo.pipeline, argv) == (psa.data, psa.pipeline, psa.argv)
-    sbnet = pipeline.load_demo(pipeline.METHODS['sbnet'], quick=True).argv
-    assert (sbnet['train_seam'], sbnet['infer_seam'], sbnet['make_sb_map']) == (psa.argv['train_cls'],
-                                                                               psa.argv['infer_cls'], [])
+    it but sbnet's train_SB lr and epochs; sbnet's first pass takes seam's stage 1 and 2 settings (like = ...)."""
+    for quick in (False, True):
+        psa = pipeline.load_demo(PSA, quick=quick)
+        for name in ('ssenet', 'seam', 'sbnet'):
+            demo = pipeline.load_demo(pipeline.METHODS[name], quick=quick)
+            argv = {s: v for s, v in demo.argv.items() if s in psa.argv and (name, s) != ('sbnet', 'train_cls')}
+            assert (demo.data, demo.pipeline, argv) == (psa.data, psa.pipeline,
+                                                        {s: v for s, v in psa.argv.items() if s in argv})
+        sbnet = pipeline.load_demo(pipeline.METHODS['sbnet'], quick=quick).argv
+        assert (sbnet['train_seam'], sbnet['infer_seam'], sbnet['make_sb_map']) == (psa.argv['train_cls'],
+                                                                                   psa.argv['infer_cls'], [])
+        full = pipeline.load_demo(PSA, quick=False).argv['train_cls']
+        own = ['--lr', '0.01', '--max_epoches', '3']
+        assert sbnet['train_cls'] == full + own + psa.argv['train_cls'][len(full):]  # then psa's quick changes
 
 
 def test_a_stage_table_like_another(tmp_path):
@@ -459,6 +467,13 @@ def test_a_stage_table_like_another(tmp_path):
     (tmp_path / 'demo.toml').write_text('[infer_cls]\nlike = "nope"\n')
     with pytest.raises(UserError, match='like'):
         pipeline.load_demo(method, quick=True)
+    # with a base: like takes the base's table, before the file's own args, even where the file replaces that table
+    (tmp_path / 'base.toml').write_text('[train_cls]\nargs = ["--lr 1"]\nquick = ["--max_epoches 1"]\n')
+    (tmp_path / 'demo.toml').write_text('base = "base.toml"\n[train_cls]\nlike = "train_cls"\nargs = ["--lr 2"]\n'
+                                        '[infer_cls]\nlike = "train_cls"\n')
+    argv = pipeline.load_demo(method, quick=True).argv
+    assert argv['train_cls'] == ['--lr', '1', '--lr', '2', '--max_epoches', '1']
+    assert argv['infer_cls'] == ['--lr', '1', '--max_epoches', '1']
 
 
 def test_a_demo_file_with_a_base_overrides_keys_and_stage_tables(tmp_path):

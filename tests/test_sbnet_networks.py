@@ -35,6 +35,9 @@ def test_forward_shapes_precomputed_canny_and_width():
         again = net(x, canny=canny_maps(x, 'faithful'))
     assert [tuple(t.shape) for t in out] == [(2, 21, 33, 41)] * 3
     assert all(torch.equal(a, b) for a, b in zip(out, again))
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}  # the side branches scale with the width
+    assert shapes['edge_layer.conv1.weight'] == (4, 8, 1, 1) and shapes['edge_layer.classifier.weight'] == (21, 16, 3, 3)
+    assert shapes['edge_layer.rcab.body.3.conv_du.0.weight'] == (1, 16, 1, 1)
 
 
 def test_new_layers_train_at_the_base_lr():

@@ -51,6 +51,7 @@ class Stage(NamedTuple):
     needs: tuple = ()       # stages whose outputs must be complete before this one runs
     session: str = None     # training stages: --session_name under --work_dir (.pth, .ckpt.pth, .log beside it)
     weights: str = None     # the stage whose <session>.pth is --weights (a training stage: with --init_from_cls only)
+    keep_head: bool = False  # a training stage with --init_from_cls: all of `weights`, not its backbone (same head)
     inputs: tuple = ()      # (flag, folder under --work_dir) the stage reads
     outputs: tuple = ()     # (list 'train' / 'val', (Out, ...)): one call per list
     options: tuple = ()     # (flag, option of run_pipeline.py): tunables that --<stage>_args may override
@@ -117,8 +118,8 @@ SBNET = (
                      outputs=(('train', (SB_LABELS,)),)),
     Stage('make_sb_map', needs=('infer_seam',), inputs=(('--label_dir', SB_LABELS.folder),),
           outputs=(('train', (SB_MAP,)),), flags='--source crf', list_flag='--list'),
-    SEAM[0]._replace(session='cls/res38_SB', script='train_SB', needs=('make_sb_map',),
-                     inputs=(('--sb_map_dir', SB_MAP.folder),)),
+    SEAM[0]._replace(session='cls/res38_SB', script='train_SB', needs=('make_sb_map',), weights='train_seam',
+                     keep_head=True, inputs=(('--sb_map_dir', SB_MAP.folder),)),
     SEAM[1]._replace(script='infer_SB'),
     *SEAM[2:])
 AFF_SEG = {'aff': 'network.resnet38_aff', 'seg': 'network.resnet38_seg'}
@@ -170,7 +171,9 @@ class Demo(NamedTuple):
 
 def read_demo_file(path, names):
     """The TOML tables of a demo settings file, a `base = "<file>"` (beside it) under them: the base's [data] and
-    [pipeline] keys the file does not set and the base's stage tables the file has not."""
+    [pipeline] keys the file does not set and the base's stage tables the file has not. A stage table's
+    like = "<stage>" puts that stage's args and quick before its own, as the base sets them (as this file
+    does, without a base)."""
     try:
         with open(path, 'rb') as f:
             doc = tomllib.load(f)
@@ -179,9 +182,18 @@ def read_demo_file(path, names):
     for key in doc:
         if key not in ('base', 'data', 'pipeline', *names):
             raise UserError(f'{path}: [{key}] is neither base, data, pipeline nor a stage ({", ".join(names)})')
-    if 'base' not in doc:
-        return doc
-    base = read_demo_file(os.path.join(os.path.dirname(path), doc.pop('base')), names)
+    base = read_demo_file(os.path.join(os.path.dirname(path), doc.pop('base')), names) if 'base' in doc else {}
+    for stage in names:
+        row = doc.get(stage, {})
+        if 'like' in row:
+            like = (base or doc).get(row['like'])
+            if not isinstance(like, dict) or 'like' in like:
+                raise UserError(f'{path}: [{stage}] like = {row["like"]!r} names no stage table with args '
+                                f'{"of its base" if base else "in this file"}')
+            lists = [(like.get(key, []), row.get(key, [])) for key in ('args', 'quick')]
+            if not all(isinstance(v, list) for pair in lists for v in pair):
+                raise UserError(f'{path}: [{stage}] and [{row["like"]}] hold args = [...] and quick = [...], lists')
+            doc[stage] = {key: inherited + own for key, (inherited, own) in zip(('args', 'quick'), lists)}
     for key in ('data', 'pipeline'):
         doc[key] = dict(base.get(key, {}), **doc.get(key, {}))
     return dict(base, **doc)
@@ -201,13 +213,11 @@ def load_demo(method, quick, preset=None):
 
     def flags(stage):
         row = doc.get(stage, {})
-        if set(row) == {'like'} and row['like'] in names and row['like'] != stage:
-            return flags(row['like'])
         full, changes = row.get('args', []), row.get('quick', [])
         if set(row) - {'args', 'quick'} or not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
                                                    for v in (full, changes)):
             raise UserError(f'{path}: [{stage}] holds args = [...] and quick = [...], lists of flags such as '
-                            f'"--lr 0.1", or only like = "<another stage>" (that stage\'s flags)')
+                            f'"--lr 0.1", and optionally like = "<stage>" (that stage\'s flags before its own)')
         return [token for item in full + (changes if quick else []) for token in shlex.split(item)]
 
     data = table('data')
@@ -340,7 +350,9 @@ def stage_calls(args, lay, stage):
     inputs = {flag: lay.path(folder) for flag, folder in stage.inputs}
     if stage.session:
         wiring = dict(net, **{'--train_list': args.train_list}, **inputs, **{'--session_name': lay.session(stage.name)})
-        init = lay.backbone(stage.weights) if stage.weights and args.init_from_cls else args.init_weights
+        init = args.init_weights
+        if stage.weights and args.init_from_cls:
+            init = lay.weights(stage.weights) if stage.keep_head else lay.backbone(stage.weights)
         tunables = {'--num_workers': args.num_workers, '--seed': args.seed, '--weights': init,
                     **{flag: getattr(args, option) for flag, option in stage.options}}
         return [Call(wiring, tunables, (lay.weights(stage.name),))]
