@@ -2,14 +2,14 @@
 import torch.nn.functional as F
 from torch import nn
 
-from network import parameter_groups, resnet38d
+from network import DilatedConv2d, parameter_groups, resnet38d
 
 
 class SegNet(resnet38d.Net):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.fc8_seg_conv1 = nn.Conv2d(self.out_channels, 512, 3, padding=12, dilation=12, bias=True)
-        self.fc8_seg_conv2 = nn.Conv2d(512, 21, 3, padding=12, dilation=12, bias=True)
+        self.fc8_seg_conv1 = DilatedConv2d(self.out_channels, 512, 3, padding=12, dilation=12, bias=True)
+        self.fc8_seg_conv2 = DilatedConv2d(512, 21, 3, padding=12, dilation=12, bias=True)
         for layer in (self.fc8_seg_conv1, self.fc8_seg_conv2):
             nn.init.xavier_uniform_(layer.weight)  # biases keep PyTorch's default init, as the seed
         self.not_training = []

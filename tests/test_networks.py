@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import network
 from network import resnet38_aff, resnet38_cls, resnet38_seg, resnet38d, vgg16_aff, vgg16_cls, vgg16d
 from tool import affinity
 from tool.io import UserError
@@ -501,3 +502,30 @@ def test_scratch_variant_keeps_activations_alive_and_freezes_only_bn():
                for m in scratch_net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert torch.count_nonzero(scratch_net.b4_1.conv_branch2b1.weight) == 0
     assert len(resnet38_cls.Net(width=0.125).not_training) == 4  # the reference still freezes conv1a, b2*
+
+
+@pytest.mark.parametrize('size,dilation', [((16, 16), 12), ((13, 7), 12), ((5, 4), 12), ((9, 20), 4)])
+def test_dilated_conv_in_image_taps_equal_the_dense_conv(size, dilation):
+    """The seg head's conv on CPU sums only the taps that read the image (most read padding at these
+    sizes); output and every gradient must equal F.conv2d's on the same weights."""
+    torch.manual_seed(0)
+    layer = network.DilatedConv2d(6, 5, 3, padding=dilation, dilation=dilation).double()
+    x = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, layer.weight, layer.bias), grad_out)
+    dense = F.conv2d(x, layer.weight, layer.bias, padding=dilation, dilation=dilation)
+    dense_grads = torch.autograd.grad(dense, (x, layer.weight, layer.bias), grad_out)
+    torch.testing.assert_close(out, dense, rtol=1e-12, atol=1e-12)
+    for grad, dense_grad in zip(grads, dense_grads):
+        torch.testing.assert_close(grad, dense_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_dilated_conv_takes_the_in_image_path_only_where_padding_dominates(monkeypatch):
+    layer = network.DilatedConv2d(4, 3, 3, padding=12, dilation=12)
+    calls = []
+    monkeypatch.setattr(network.DilatedConv2d, '_in_image_forward', lambda self, *a: calls.append(a) or 0)
+    layer(torch.zeros(1, 4, 16, 16))  # 1/4 of the tap products read the image
+    assert len(calls) == 1
+    layer(torch.zeros(1, 4, 56, 56))  # VOC crops: 3/4 do -> the dense conv
+    assert len(calls) == 1
