@@ -23,9 +23,8 @@ import torch
 from tqdm import tqdm
 
 import voc12.data
-from network.deeplab_SEAM import Net as SEAMNet
 from network.edge_SEAM import DeepLabv3_plus
-from tool.cli import pick_device, run_main
+from tool.cli import add_network_args, import_network, pick_device, run_main
 from tool.coco import normalize_image
 from tool.equivariance import max_norm
 from tool.io import atomic_save_npy, atomic_save_png, check_output_dir, load_label_png, require_dir
@@ -55,6 +54,8 @@ def build_parser():
     parser.add_argument('--dice_on', choices=['logits', 'sigmoid'], default='logits',
                         help='logits: raw outputs against 0.5 and fed back (the original); sigmoid: their sigmoid')
     parser.add_argument('--device', default=None)
+    parser.add_argument('--edge_width', default=1.0, type=float, help="the segmenter's width (train_edge.py's)")
+    add_network_args(parser)
     return parser
 
 
@@ -95,9 +96,9 @@ def append_logs(args, scores, comment):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
-    localiser = SEAMNet()
+    localiser = import_network('network.deeplab_SEAM', width=args.width)
     load_trained_weights(localiser, args.weights)
-    segmenter = DeepLabv3_plus(4, 1, 16)
+    segmenter = DeepLabv3_plus(4, 1, 16, width=args.edge_width)
     load_trained_weights(segmenter, args.edge_weights)
     localiser, segmenter = localiser.eval().to(device), segmenter.eval().to(device)
     if args.gt_dir:

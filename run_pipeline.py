@@ -5,13 +5,16 @@
     python run_pipeline.py --demo --work_dir demo_run --from infer_aff --to infer_seg
     python run_pipeline.py --demo --work_dir demo_run --train_seg_args="--max_epoches 10 --lr 0.02"
     python run_pipeline.py --demo --method seam --work_dir demo_seam          # SEAM's stages 1-2, then PSA's
-    python run_pipeline.py --demo --method all --work_dir demo_all            # psa, ssenet, seam, sbnet side by side
+    python run_pipeline.py --demo --method sfl --work_dir demo_sfl            # SEAM CAMs re-segmented (COCO masks)
+    python run_pipeline.py --demo --method all --work_dir demo_all            # psa, ssenet, seam, sbnet, sfl side by side
     python run_pipeline.py --demo --demo_preset hard --work_dir demo_hard     # data the demo was not tuned on
     python run_pipeline.py --demo --work_dir mine --voc12_root DIR --train_list A --val_list B --gt_dir G --cls_labels L
 
 Stages of every method: train_cls, infer_cls, train_aff, infer_aff, train_seg, infer_seg, evaluate (sbnet runs
 train_seam, infer_seam and make_sb_map before them: its SEAM first pass and the boundary maps of its CRF labels,
-in seam/, seam_crf_la/ and sb_map/ under --work_dir). Each script stage is its script's main() called in this
+in seam/, seam_crf_la/ and sb_map/ under --work_dir; sfl runs train_edge and resegment instead of train_aff and
+infer_aff: infer_and_envalue.py's re-segmentation of the SEAM CAMs by the segmenter train_edge.py trained on the
+COCO-layout set of --coco_root, whose pixel masks are supervision beyond the image-level labels). Each script stage is its script's main() called in this
 process with an argv built from the method's stage table (tool/pipeline.py METHODS; printed first, so the stage
 can be rerun by hand with `python <script>.py <argv>`): psa runs train_cls.py / infer_cls.py, ssenet
 train_cls_ser.py / infer_cls_ser.py, seam train_SEAM.py / infer_SEAM.py, sbnet train_SB.py / infer_SB.py, each
@@ -33,6 +36,8 @@ Artefacts pass through folders of --work_dir:
     cam_pred/<id>.png   infer_cls: CAM labels at background score 0.2 of the val images
     aff/res38_aff.pth   train_aff session
     rw/<id>.png         infer_aff: random-walk labels (train images: train_seg's pseudo labels; val: scored)
+    edge/, sfl/<id>.png sfl: train_edge's session (edge_edge.pth, edge_refer.pth) and the re-segmented labels
+    coco/               --demo --method sfl: the segmenter's COCO-layout set (voc12.synthetic.make_demo_coco)
     seg/res38_seg.pth   train_seg session
     seg_pred/<id>.png   infer_seg --output (val images)
     seg_crf/<id>.png    infer_seg --output_crf (val images; --no-seg_crf leaves it out)
@@ -96,6 +101,11 @@ def build_parser(method=pipeline.DEFAULT_METHOD):
     data.add_argument('--gt_dir', help='ground-truth masks of the val images (default: <voc12_root>/SegmentationClass)')
     data.add_argument('--cls_labels', help="image-level labels .npy (default: the stage scripts' voc12/cls_labels.npy; "
                                            '--demo: <voc12_root>/cls_labels.npy)')
+    data.add_argument('--coco_root', help="--method sfl: the COCO-layout set of the segmenter (train_edge.py's "
+                                          '--cocoRoot; --demo: generated into <work_dir>/coco)')
+    data.add_argument('--coco_type', default='train2017', help="--method sfl: train_edge.py's --dataType (%(default)s)")
+    data.add_argument('--coco_categories', help="--method sfl: train_edge.py's --categories (default "
+                                                '<coco_root>/categories)')
 
     demo_group = p.add_argument_group('demo')
     demo_group.add_argument('--demo', action='store_true',
@@ -159,6 +169,7 @@ def run_method(args):
     os.makedirs(args.work_dir, exist_ok=True)
     demo = pipeline.load_demo(method, args.quick, args.demo_preset) if args.demo else None
     data_seconds = pipeline.resolve_data(args, demo)
+    coco_seconds = pipeline.resolve_coco(args, method, demo)
     if args.threads:
         torch.set_num_threads(args.threads)
     lay = pipeline.Layout(args, method)
@@ -172,6 +183,9 @@ def run_method(args):
     if args.data_source == 'generated':
         status['demo_data'] = 'ran' if data_seconds is not None else 'skipped'
         seconds['demo_data'] = data_seconds
+    if args.demo and args.coco_root == os.path.join(args.work_dir, 'coco'):
+        status['demo_coco'] = 'ran' if coco_seconds is not None else 'skipped'
+        seconds['demo_coco'] = coco_seconds
     records = pipeline.run_stages(method, lay, run, calls, argvs, status, seconds)
     if 'evaluate' not in run:
         print('evaluate is off: no summary')

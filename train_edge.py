@@ -51,6 +51,8 @@ def build_parser():
     parser.add_argument('--weights', default=None,
                         help='localiser start: a K-class _refer.pth, or ImageNet resnet38 .params (default: random)')
     parser.add_argument('--edge_weights', default=None, help='segmenter start: a _edge.pth (strict)')
+    parser.add_argument('--edge_width', default=1.0, type=float,
+                        help="the segmenter's channel width multiplier (1 = the original DeepLabv3+; the demo's is narrow)")
     parser.add_argument('--resnet101', default=TORCHVISION_RESNET101,
                         help="torchvision's ImageNet resnet101-5d3b4d8f.pth for the segmenter's backbone when there "
                              "are no --edge_weights ('' : random init)")
@@ -73,10 +75,10 @@ def build_parser():
 
 def build_segmenter(args):
     if args.edge_weights:
-        net = DeepLabv3_plus(4, 1, 16)
+        net = DeepLabv3_plus(4, 1, 16, width=args.edge_width)
         load_trained_weights(net, args.edge_weights)
         return net
-    return DeepLabv3_plus(4, 1, 16, pretrained=args.resnet101 or False)
+    return DeepLabv3_plus(4, 1, 16, pretrained=args.resnet101 or False, width=args.edge_width)
 
 
 def localiser_step(model, optimizer, img, label):

@@ -3,6 +3,7 @@ CAM and the diagnosis rates, so a gain can be told from the luck of one dataset 
 
     python bench/demo_seeds.py --work_dir seeds                        # presets demo and hard, seeds 0 1 2
     python bench/demo_seeds.py --work_dir seeds --method seam --seeds 0 1
+    python bench/demo_seeds.py --work_dir seeds_sfl --method sfl --seeds 0 1   # + its train-split gain
     python bench/demo_seeds.py --work_dir seeds_quick --quick          # a code check (CI-sized runs)
 
 Each run is `run_pipeline.py --demo --demo_preset P --seed S --method M` in <work_dir>/<P>_seed<S> (the seed makes
@@ -24,9 +25,10 @@ from tool.cli import run_main  # noqa: E402
 from tool.io import atomic_write  # noqa: E402
 from voc12.synthetic import PRESETS  # noqa: E402
 
-GAINS = (('rw_miou', 'random walk - best CAM'), ('seg_miou', 'segmentation (+dCRF) - best CAM'))
+GAINS = (('rw_miou', 'random walk - best CAM'), ('resegment_miou', 're-segmented CAM (sfl) - best CAM'),
+         ('seg_miou', 'segmentation (+dCRF) - best CAM'))
 RATES = (('bg_leak', 'background leak'), ('missed_fg', 'missed foreground'))
-DIAGNOSED = (('cam', 'CAM'), ('rw', 'random walk'), ('seg_crf', 'segmentation + dCRF'))
+DIAGNOSED = (('cam', 'CAM'), ('rw', 'random walk'), ('resegment', 're-segmented CAM'), ('seg_crf', 'segmentation + dCRF'))
 
 
 def build_parser():
@@ -41,14 +43,18 @@ def build_parser():
 
 def rows(summary):
     """{row title: value} of one run's summary: the stage mIoUs, the gains, the diagnosis rates, the stage time."""
-    out = {title.format(bg=summary.get('cam_pred_bg')): summary[key] for key, title in report.SCORE_ROWS}
+    out = {title.format(bg=summary.get('cam_pred_bg')): summary.get(key) for key, title in report.SCORE_ROWS}
     for key, title in GAINS:
-        value = summary[key]
+        value = summary.get(key)
         out[title] = None if value is None or summary['cam_best_miou'] is None else value - summary['cam_best_miou']
     for stage, stage_title in DIAGNOSED:
         entry = summary['diagnosis'].get(stage, {})
         for key, title in RATES:
             out[f'{stage_title}: {title}'] = entry.get(key)
+    train = summary.get('train')  # sfl: the labels train_seg learns from, against the CAMs they start from
+    out['train split: re-segmented CAM - best CAM'] = train and train['resegment_miou'] - train['cam_best_miou']
+    out["train split: re-segmented CAM - CAM at the method's background score"] = \
+        train and train['resegment_miou'] - train['cam_miou']
     records = pipeline.read_json(os.path.join(summary['work_dir'], 'stages.json'))
     out['stage time (s)'] = sum(r['seconds'] for r in records.values())  # of the runs that made the outputs
     return out
@@ -69,7 +75,9 @@ def seeds_table(runs, method, seeds):
     lines = [f'method {method}, seeds {" ".join(map(str, seeds))} (val, %; mean ± std over the seeds)', '',
              '| | ' + ' | '.join(f'preset {p}' for p in presets) + ' |', '|---|' + '---:|' * len(presets)]
     for title in titles:
-        lines.append(f'| {title} | ' + ' | '.join(mean_std([r[title] for r in per_preset[p]]) for p in presets) + ' |')
+        cells = [mean_std([r[title] for r in per_preset[p]]) for p in presets]
+        if any(cell != '-' for cell in cells):  # leave out the rows of stages the method does not have
+            lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 

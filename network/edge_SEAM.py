@@ -3,6 +3,7 @@ class's map (4 input channels) and returns that object's raw mask logit at the i
 
 Output stride 16: layer4 is a multi-grid unit (1, 2, 4) x dilation 2 (stride 8: layer3 dilation 2 too, grid
 (1, 2, 1)). The map is also resized to layer4's grid and concatenated (2048 + 1 channels) before the ASPP.
+`width` scales every channel count (the demo's narrow segmenter; 1 is the original network, keys and shapes).
 """
 import math
 
@@ -53,6 +54,10 @@ class Bottleneck(nn.Module):
         return F.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
+def scaled(channels, width):
+    return max(1, int(round(channels * width)))
+
+
 def make_layer(inplanes, planes, dilations, stride):
     """Bottleneck blocks, the first with `stride` and a projection shortcut, block i with dilations[i]."""
     downsample = None
@@ -66,17 +71,19 @@ def make_layer(inplanes, planes, dilations, stride):
 class ResNet101(nn.Module):
     """torchvision's resnet101 layout and keys (no fc); returns (layer4 features, layer1 features)."""
 
-    def __init__(self, in_channels=3, os=16):
+    def __init__(self, in_channels=3, os=16, width=1.0):
         super().__init__()
         strides, dilations, grid, _ = OUTPUT_STRIDES[os]
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        planes = [scaled(c, width) for c in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(in_channels, planes[0], 7, 2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes[0])
         self.maxpool = nn.MaxPool2d(3, 2, padding=1)
         # Only the first block of layers 1-3 carries the layer's dilation (as the original's _make_layer).
-        self.layer1 = make_layer(64, 64, (dilations[0],) + (1,) * 2, strides[0])
-        self.layer2 = make_layer(256, 128, (dilations[1],) + (1,) * 3, strides[1])
-        self.layer3 = make_layer(512, 256, (dilations[2],) + (1,) * 22, strides[2])
-        self.layer4 = make_layer(1024, 512, tuple(g * dilations[3] for g in grid), strides[3])
+        self.layer1 = make_layer(planes[0], planes[0], (dilations[0],) + (1,) * 2, strides[0])
+        self.layer2 = make_layer(planes[0] * 4, planes[1], (dilations[1],) + (1,) * 3, strides[1])
+        self.layer3 = make_layer(planes[1] * 4, planes[2], (dilations[2],) + (1,) * 22, strides[2])
+        self.layer4 = make_layer(planes[2] * 4, planes[3], tuple(g * dilations[3] for g in grid), strides[3])
+        self.out_channels, self.low_channels = planes[3] * 4, planes[0] * 4
         conv_bn_relu_init(self)
 
     def forward(self, x):
@@ -115,29 +122,33 @@ class DeepLabv3_plus(nn.Module):
     """forward(image (N, 3, H, W), map (N, 1, H, W)) -> (N, n_classes, H, W) raw logits.
 
     pretrained: False, True (torchvision's file at TORCHVISION_RESNET101) or a path to it. The decoder keeps
-    PyTorch's default init (the original never calls its own init there)."""
+    PyTorch's default init (the original never calls its own init there). width: see the module docstring."""
 
-    def __init__(self, nInputChannels=4, n_classes=1, os=16, pretrained=False, freeze_bn=False, _print=False):
+    def __init__(self, nInputChannels=4, n_classes=1, os=16, pretrained=False, freeze_bn=False, _print=False,
+                 width=1.0):
         super().__init__()
         if os not in OUTPUT_STRIDES:
             raise UserError(f'output stride {os} is not supported (16 or 8)')
-        self.resnet_features = ResNet101(nInputChannels, os)
+        if pretrained and width != 1:
+            raise UserError(f"torchvision's ResNet-101 weights fit the segmenter of width 1, not {width}")
+        self.resnet_features = ResNet101(nInputChannels, os, width)
         if pretrained:
             path = require_file(TORCHVISION_RESNET101 if pretrained is True else pretrained,
                                 'torchvision resnet101 weights')
             self.resnet_features.load_torchvision(torch.load(path, map_location='cpu', weights_only=True))
-        aspp_in = 2048 + 1
+        aspp_in = self.resnet_features.out_channels + 1
         rates = OUTPUT_STRIDES[os][3]
-        self.aspp1, self.aspp2, self.aspp3, self.aspp4 = (ASPPBranch(aspp_in, 256, r) for r in rates)
-        self.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(aspp_in, 256, 1, bias=False),
-                                             nn.BatchNorm2d(256), nn.ReLU())
-        self.conv1 = nn.Conv2d(1280, 256, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(256)
-        self.conv2 = nn.Conv2d(256, 48, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(48)
-        self.last_conv = nn.Sequential(nn.Conv2d(304, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
-                                       nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
-                                       nn.Conv2d(256, n_classes, 1))
+        mid, low = scaled(256, width), scaled(48, width)
+        self.aspp1, self.aspp2, self.aspp3, self.aspp4 = (ASPPBranch(aspp_in, mid, r) for r in rates)
+        self.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(aspp_in, mid, 1, bias=False),
+                                             nn.BatchNorm2d(mid), nn.ReLU())
+        self.conv1 = nn.Conv2d(5 * mid, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(self.resnet_features.low_channels, low, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(low)
+        self.last_conv = nn.Sequential(nn.Conv2d(mid + low, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+                                       nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+                                       nn.Conv2d(mid, n_classes, 1))
         if freeze_bn:  # as the original: once, so a later train() undoes it
             for m in self.modules():
                 if isinstance(m, nn.BatchNorm2d):

@@ -48,7 +48,24 @@ def test_runs_and_table(tmp_path, monkeypatch):
         assert cells['random walk - best CAM'][p] == expected([x['rw_miou'] - x['cam_best_miou'] for x in s])
         assert cells['segmentation (+dCRF) - best CAM'][p] == expected([x['seg_miou'] - x['cam_best_miou'] for x in s])
         assert cells['CAM: background leak'][p] == expected([5.0, 6.0, 8.0])
-        assert cells['retrained segmentation'][p] == '-'  # no run has it
-        assert cells['segmentation + dCRF: missed foreground'][p] == '-'
         assert cells['stage time (s)'][p] == expected([120.0, 121.0, 123.0])
     assert 'method seam, seeds 0 1 3' in table
+    assert not {'retrained segmentation', 'segmentation + dCRF: missed foreground', 're-segmented CAM (sfl) - best CAM',
+                'train split: re-segmented CAM - best CAM'} & set(cells)  # rows no run has are left out
+
+
+def test_sfl_rows_give_the_re_segmentation_gains(tmp_path, monkeypatch):
+    def fake_main(argv):
+        seed = int(argv[argv.index('--seed') + 1])
+        summary = fake_summary(argv[argv.index('--work_dir') + 1], 'demo', seed)
+        return dict(summary, rw_miou=None, resegment_miou=70.0 + 2 * seed,
+                    train={'cam_best_miou': 61.0, 'cam_best_threshold': 0.4, 'resegment_miou': 64.0 + seed,
+                           'cam_miou': 58.0 - seed})
+    monkeypatch.setattr(run_pipeline, 'main', fake_main)
+    demo_seeds.main(['--work_dir', str(tmp_path), '--seeds', '0', '2', '--method', 'sfl', '--presets', 'demo'])
+    cells = {line.split('|')[1].strip(): line.split('|')[2].strip()
+             for line in (tmp_path / 'seeds.md').read_text().splitlines() if line.startswith('| ') and '---' not in line}
+    assert cells['re-segmented CAM (sfl) - best CAM'] == '10.0 ± 0.0'  # (70 + 2s) - (60 + 2s)
+    assert cells['train split: re-segmented CAM - best CAM'] == '4.0 ± 1.0'  # 3 and 5
+    assert cells["train split: re-segmented CAM - CAM at the method's background score"] == '8.0 ± 2.0'  # 6 and 10
+    assert 'random walk - best CAM' not in cells

@@ -314,7 +314,7 @@ def test_a_method_table_drives_the_stages(tmp_path, monkeypatch):
 
 def test_a_bad_demo_settings_file_is_named(tmp_path):
     path = tmp_path / 'demo_bad.toml'
-    for text, message in (('[train_cl]\nargs = []\n', r'\[train_cl\] is neither base, data, pipeline nor a stage'),
+    for text, message in (('[train_cl]\nargs = []\n', r'\[train_cl\] is neither base, data, coco, pipeline nor a stage'),
                           ('[train_cls]\nargs = "--lr 0.1"\n', r'\[train_cls\] holds args = \[...\]'),
                           ('[infer_cls]\nquick = [1]\n', r'\[infer_cls\] holds args'),
                           ('[data\n', 'demo_bad.toml: ')):
@@ -350,6 +350,7 @@ def demo_argvs(method, work_dir, data):
     table = pipeline.METHODS[method]
     demo = pipeline.load_demo(table, args.quick, args.demo_preset)
     pipeline.resolve_data(args, demo)
+    pipeline.resolve_coco(args, table, demo)
     lay = pipeline.Layout(args, table)
     return {s.name: [pipeline.flag_argv(c.wiring) + pipeline.flag_argv(c.tunables) + pipeline.extra_argv(args, s, demo)
                      for c in pipeline.stage_calls(args, lay, s)] for s in table.stages}
@@ -361,19 +362,23 @@ def flag_value(argv, flag):
 
 
 def test_method_tables_share_stage_names_and_name_their_scripts_and_networks():
-    assert set(pipeline.METHODS) == {'psa', 'ssenet', 'seam', 'sbnet'}
+    assert set(pipeline.METHODS) == {'psa', 'ssenet', 'seam', 'sbnet', 'sfl'}
     first_pass = ('train_seam', 'infer_seam', 'make_sb_map')
     for name, method in pipeline.METHODS.items():  # PSA's stages; sbnet's first pass before them
-        assert pipeline.stage_names(method) == (first_pass if name == 'sbnet' else ()) + STAGES
+        if name != 'sfl':
+            assert pipeline.stage_names(method) == (first_pass if name == 'sbnet' else ()) + STAGES
+    # sfl: the random walk's two stages replaced by the segmenter's training and the re-segmentation
+    assert pipeline.stage_names(pipeline.METHODS['sfl']) == STAGES[:2] + ('train_edge', 'resegment') + STAGES[4:]
     scripts = {name: [s.module for s in m.stages if s.name not in first_pass] for name, m in pipeline.METHODS.items()}
     assert scripts['ssenet'][:2] == ['train_cls_ser', 'infer_cls_ser']
     assert scripts['seam'][:2] == ['train_SEAM', 'infer_SEAM']
     assert scripts['sbnet'][:2] == ['train_SB', 'infer_SB']
     assert scripts['psa'][2:] == scripts['ssenet'][2:] == scripts['seam'][2:] == scripts['sbnet'][2:]
+    assert scripts['sfl'] == ['train_SEAM', 'infer_SEAM', 'train_edge', 'infer_and_envalue', *scripts['psa'][4:]]
     assert [s.module for s in pipeline.METHODS['sbnet'].stages[:3]] == ['train_SEAM', 'infer_SEAM', 'make_sb_map']
     assert {name: m.networks['cls'] for name, m in pipeline.METHODS.items()} == {
         'psa': 'network.resnet38_cls', 'ssenet': 'network.resnet38_cls_ser', 'seam': 'network.resnet38_SEAM',
-        'sbnet': 'network.resnet38_SEAM_BD'}
+        'sbnet': 'network.resnet38_SEAM_BD', 'sfl': 'network.resnet38_SEAM'}
     for name in pipeline.METHODS:
         defaults = run_pipeline.build_parser(name).parse_args(['--work_dir', 'w'])
         assert defaults.cls_network == pipeline.METHODS[name].networks['cls']
@@ -382,9 +387,11 @@ def test_method_tables_share_stage_names_and_name_their_scripts_and_networks():
 
 def test_method_all_offers_every_stage_option_and_the_shared_stages_to_from_and_to():
     parser = run_pipeline.build_parser(pipeline.ALL)
-    args = parser.parse_args(['--work_dir', 'w', '--no-make_sb_map', '--train_seam_args=--lr 1', '--from', 'train_aff'])
+    args = parser.parse_args(['--work_dir', 'w', '--no-make_sb_map', '--train_seam_args=--lr 1', '--from', 'train_seg'])
     assert not args.make_sb_map and args.train_seam_args == '--lr 1' and args.infer_seg_args == ''
-    assert pipeline.selected_stages(args, pipeline.METHODS['sbnet']) == list(STAGES[2:])
+    assert pipeline.selected_stages(args, pipeline.METHODS['sbnet']) == list(STAGES[4:])
+    with pytest.raises(SystemExit):  # sfl has no train_aff
+        parser.parse_args(['--work_dir', 'w', '--from', 'train_aff'])
     args = parser.parse_args(['--work_dir', 'w', '--no-make_sb_map'])  # no --from: each method's first stage
     assert pipeline.selected_stages(args, pipeline.METHODS['sbnet'])[:2] == ['train_seam', 'infer_seam']
     assert pipeline.selected_stages(args, PSA) == list(STAGES)
@@ -415,6 +422,41 @@ def test_sbnet_argvs_wire_its_first_pass_into_the_boundary_maps_and_train_sb(tmp
     assert flag_value(train_sb, '--lr') == '0.01' and '--weights' not in train_seam
     assert flag_value(argvs['train_aff'][0], '--weights') == str(tmp_path / 'cls' / 'res38_SB.backbone.pth')
     assert argvs['infer_aff'] == seam['infer_aff']
+
+
+def test_sfl_argvs_train_the_segmenter_on_the_coco_set_and_retrain_on_its_labels(tmp_path, small_demo_data):
+    """sfl's demo: SEAM's classifier argv, train_edge on the generated COCO-layout set from the SEAM backbone,
+    resegment on both lists into sfl/ with the trained weights, train_seg on sfl/ with psa's settings."""
+    argvs = demo_argvs('sfl', tmp_path, small_demo_data)
+    seam, psa = demo_argvs('seam', tmp_path, small_demo_data), demo_argvs('psa', tmp_path, small_demo_data)
+    assert argvs['train_cls'] == seam['train_cls']
+    assert [flag_value(a, '--infer_list') for a in argvs['infer_cls']] == [flag_value(a, '--infer_list')
+                                                                         for a in seam['infer_cls']]
+    assert not any('--out_la_crf' in a or '--out_ha_crf' in a for a in argvs['infer_cls'])  # nothing reads them
+    edge = argvs['train_edge'][0]
+    coco = str(tmp_path / 'coco')
+    assert (flag_value(edge, '--cocoRoot'), flag_value(edge, '--categories')) == (coco, os.path.join(coco, 'categories'))
+    assert os.path.exists(os.path.join(coco, 'annotations_trainval2017', 'annotations', 'instances_train2017.json'))
+    assert flag_value(edge, '--weights') == str(tmp_path / 'cls' / 'res38_SEAM.backbone.pth')
+    assert flag_value(edge, '--edge_width') == '0.125' and flag_value(edge, '--width') == '0.125'
+    assert flag_value(edge, '--max_epoches') == '1'  # quick
+    lists = [flag_value(a, '--infer_list') for a in argvs['resegment']]
+    assert [os.path.basename(path) for path in lists] == ['train_aug.txt', 'val.txt']
+    for argv in argvs['resegment']:
+        assert flag_value(argv, '--label_dir') == str(tmp_path / 'sfl')
+        assert flag_value(argv, '--weights') == str(tmp_path / 'cls' / 'res38_SEAM.pth')
+        assert flag_value(argv, '--edge_weights') == str(tmp_path / 'edge' / 'edge_edge.pth')
+        assert flag_value(argv, '--edge_width') == '0.125'
+    seg = argvs['train_seg'][0]
+    assert flag_value(seg, '--mask_dir') == str(tmp_path / 'sfl')
+    drop = ('--mask_dir', '--weights')
+    assert [a for i, a in enumerate(seg) if a not in drop and seg[i - 1] not in drop] == \
+        [a for i, a in enumerate(psa['train_seg'][0]) if a not in drop and psa['train_seg'][0][i - 1] not in drop]
+
+
+def test_sfl_without_a_coco_set_is_refused(tmp_path, small_demo_data):
+    with pytest.raises(UserError, match='--coco_root'):
+        run_pipeline.main(['--method', 'sfl', '--work_dir', str(tmp_path), '--voc12_root', small_demo_data])
 
 
 @pytest.mark.parametrize('method, cls_script, cls_network, walk', [
@@ -504,7 +546,7 @@ def test_method_all_refuses_a_network_option(tmp_path):
 
 
 def fake_summary(scores, seconds):
-    keys = [key for key, _ in report.SCORE_ROWS]
+    keys = [key for key, _ in report.SCORE_ROWS if key not in report.OPTIONAL_ROWS]
     return dict(zip(keys, scores), cam_pred_bg=0.2, cam_best_threshold=0.31, num_val_images=4, quick=False,
                 seconds=seconds, data={'source': 'generated', 'voc12_root': '/d', 'demo_params': {'seed': 0}})
 
@@ -574,7 +616,7 @@ def test_method_all_runs_every_method_on_the_shared_data(tmp_path, monkeypatch):
         return fake_summary([50.0] * 6, {'total': 1.0}) | {'work_dir': args.work_dir}
     monkeypatch.setattr(run_pipeline, 'run_method', fake_run)
     summaries = run_pipeline.main(['--method', 'all', '--demo', '--work_dir', str(tmp_path), '--seed', '3'])
-    assert list(summaries) == ['psa', 'ssenet', 'seam', 'sbnet'] == [s['method'] for s in seen]
+    assert list(summaries) == ['psa', 'ssenet', 'seam', 'sbnet', 'sfl'] == [s['method'] for s in seen]
     data = str(tmp_path / 'data')
     assert json.loads((tmp_path / 'data' / 'demo_params.json').read_text())['seed'] == 3  # generated once, here
     for args in seen:

@@ -93,3 +93,22 @@ def test_segmenter_rejects_wrong_weight_file(tmp_path):
     torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7)}, path)
     with pytest.raises(UserError, match='torchvision'):
         edge_SEAM.DeepLabv3_plus(4, 1, 16, pretrained=path)
+
+
+def test_narrow_segmenter(meta, tmp_path):
+    """width scales every channel of the segmenter (the demo's); width 1 is the original, and torchvision's
+    weights only fit that one."""
+    assert shapes(edge_SEAM.DeepLabv3_plus(4, 1, 16, width=1.0)) == meta['network.edge_SEAM']
+    net = edge_SEAM.DeepLabv3_plus(4, 1, 16, width=0.125)
+    narrow = dict(shapes(net))
+    assert list(narrow) == [k for k, _ in meta['network.edge_SEAM']]
+    assert narrow['resnet_features.conv1.weight'] == [8, 4, 7, 7]
+    assert narrow['resnet_features.layer4.2.conv3.weight'] == [256, 64, 1, 1]
+    assert narrow['aspp1.atrous_convolution.weight'][:2] == [32, 257] and narrow['conv2.weight'][:2] == [6, 32]
+    assert narrow['last_conv.6.weight'] == [1, 32, 1, 1]
+    with torch.no_grad():
+        assert net.eval()(torch.zeros(2, 3, 33, 45), torch.zeros(2, 1, 33, 45)).shape == (2, 1, 33, 45)
+    path = str(tmp_path / 'resnet101.pth')
+    write_torchvision_file(meta, path)
+    with pytest.raises(UserError, match='width 1'):
+        edge_SEAM.DeepLabv3_plus(4, 1, 16, pretrained=path, width=0.125)

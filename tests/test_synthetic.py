@@ -199,3 +199,41 @@ def test_hard_features_are_present(hard):
     # classes 0 and 1, 2 and 3 share a colour; other classes are a quarter of the hue circle apart
     assert distance(0, 1) < 0.05 and distance(2, 3) < 0.05, (distance(0, 1), distance(2, 3))
     assert min(distance(0, 2), distance(0, 4), distance(2, 5), distance(4, 5)) > 0.15
+
+
+def test_demo_coco_masks_decode_with_pycocotools(tmp_path):
+    """make_demo_coco: each annotation's RLE, decoded by pycocotools, is the object's drawn mask (area and bbox
+    agree with it); the scenes are other draws than make_demo's; the data layer reads the set by its categories."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    from tool.coco import COCOSegDataset, read_categories
+    root = synthetic.make_demo_coco(str(tmp_path / 'coco'), n_images=5, size=64, seed=3)
+    coco = COCO(os.path.join(root, 'annotations_trainval2017', 'annotations', 'instances_train2017.json'))
+    names = read_lines(os.path.join(root, 'categories'))
+    assert names == [VOC_NAMES[c] for c in synthetic.DEMO_CLASSES]
+    assert sorted(c['name'] for c in coco.loadCats(coco.getCatIds())) == sorted(names + ['person'])
+    voc = synthetic.make_demo(str(tmp_path / 'voc'), n_train=5, n_val=0, size=64, seed=3)
+    for k, img_id in enumerate(sorted(coco.getImgIds())):
+        info = coco.loadImgs(img_id)[0]
+        with Image.open(os.path.join(root, 'train2017', info['file_name'])) as img:
+            assert img.size == (info['width'], info['height'])
+            coco_pixels = np.asarray(img)
+        rng = np.random.default_rng([3, 1, k])
+        w, h = synthetic._draw_extent(rng, 64), synthetic._draw_extent(rng, 64)
+        _, _, objects = synthetic._demo_scene(rng, h, w, synthetic.PRESETS['demo'], 2)
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
+        assert len(anns) == len(objects) > 0
+        for ann, (c, drawn) in zip(anns, objects):
+            decoded = mask_utils.decode(mask_utils.frPyObjects(ann['segmentation'], h, w))
+            np.testing.assert_array_equal(decoded.astype(bool), drawn)
+            assert np.array_equal(coco.annToMask(ann), decoded) and ann['area'] == drawn.sum()
+            np.testing.assert_allclose(ann['bbox'], mask_utils.toBbox(mask_utils.encode(np.asfortranarray(decoded))))
+            assert coco.loadCats(ann['category_id'])[0]['name'] == VOC_NAMES[c]
+        voc_id = read_ids(voc, 'train')[k]
+        with Image.open(os.path.join(voc, 'JPEGImages', f'{voc_id}.jpg')) as img:
+            assert img.size != (w, h) or not np.array_equal(np.asarray(img), coco_pixels)
+    ds = COCOSegDataset(root, 'train2017', read_categories(os.path.join(root, 'categories')))
+    assert ds.num_classes == len(names) + 1 and len(ds) > 0
+    _, label, seg = ds[0]
+    assert label.tolist() == seg.reshape(seg.shape[0], -1).amax(1).tolist()

@@ -10,10 +10,12 @@ overrides everything before it except the wiring, which it may not change.
 
 A training stage (a row with a session) makes one call on the train list; its output is <session>.pth.
 Any other stage makes one call per list in its outputs, and is complete once every listed file exists.
+A row with `calls` builds its own calls (sfl's train_edge on the COCO-layout set, resegment on both lists).
 A stage without a network gets --voc12_root. A Method is its stage table, its demo settings file (which may
-start from a `base` file) and the default network of each wiring of NETS. Every method has PSA's stage names
-(SBNet runs three stages before them: its SEAM first pass and the boundary maps), so methods.md compares
-stage by stage; --method all parses the stage options of every method.
+start from a `base` file) and the default network of each wiring of NETS. The methods share PSA's stage names
+where they share its stages (SBNet runs three stages before them: its SEAM first pass and the boundary maps;
+SFL runs train_edge and resegment in place of train_aff and infer_aff), so methods.md compares stage by stage;
+--method all parses the stage options of every method.
 """
 import importlib
 import inspect
@@ -22,13 +24,13 @@ import os
 import shlex
 import time
 import tomllib
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import voc12.data
 from tool.cli import import_network
 from tool.io import UserError, atomic_torch_save, atomic_write
 from tool.weights import read_state_dict
-from voc12.synthetic import make_demo
+from voc12.synthetic import make_demo, make_demo_coco
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_DIR, 'configs')
@@ -58,6 +60,7 @@ class Stage(NamedTuple):
     script: str = None      # the script's module (default: name)
     flags: str = ''         # the method's own flags of the script
     list_flag: str = '--infer_list'  # the flag of the image list of a call that is no training
+    calls: Callable = None  # (args, lay, stage) -> [Call]: the row's own calls where the rules above do not fit
 
     @property
     def module(self):
@@ -122,11 +125,56 @@ SBNET = (
                      keep_head=True, inputs=(('--sb_map_dir', SB_MAP.folder),)),
     SEAM[1]._replace(script='infer_SB'),
     *SEAM[2:])
+
+
+# SFL (descendants.md section 4): SEAM as the VOC localiser (image-level labels); the class-agnostic segmenter,
+# trained with a COCO localiser on COCO's pixel masks (external pixel-level supervision), re-segments its CAMs;
+# then PSA's train_seg / infer_seg on the re-segmented labels. train_edge writes under <work_dir>/edge/:
+# edge_edge.pth and edge_refer.pth (--session_name edge, --ret_root .), edge.ckpt.pth and edge.log.
+EDGE_SESSION = 'edge'
+EDGE_WEIGHTS = f'{EDGE_SESSION}/{EDGE_SESSION}_edge.pth'
+SFL_LABELS = Out('--label_dir', 'sfl', 'png')
+
+
+def coco_training_calls(args, lay, stage):
+    """train_edge's one call on the COCO-layout set of --coco_root; with --init_from_cls its localiser starts
+    from the VOC SEAM backbone, as it would from ImageNet weights."""
+    wiring = {'--cocoRoot': args.coco_root, '--dataType': args.coco_type, '--categories': args.coco_categories,
+              '--out_root': lay.work_dir, '--session_name': EDGE_SESSION, '--ret_root': '.', '--tblog_dir': 'tb',
+              '--width': args.width}
+    init = lay.backbone(stage.weights) if args.init_from_cls else args.init_weights
+    tunables = {'--num_workers': args.num_workers, '--seed': args.seed, '--weights': init}
+    return [Call(wiring, tunables, (lay.path(EDGE_WEIGHTS), lay.path(EDGE_SESSION, f'{EDGE_SESSION}_refer.pth')))]
+
+
+def resegment_calls(args, lay, stage):
+    """infer_and_envalue on the train and val lists: the re-segmented labels (iteration 1) into sfl/."""
+    calls = []
+    for split in ('train', 'val'):
+        wiring = {'--voc12_root': args.voc12_root, '--width': args.width, '--cls_labels': args.cls_labels,
+                  '--infer_list': lay.lists[split], '--weights': lay.weights(stage.weights),
+                  '--edge_weights': lay.path(EDGE_WEIGHTS), SFL_LABELS.flag: lay.path(SFL_LABELS.folder)}
+        calls.append(Call(wiring, {'--num_workers': args.num_workers},
+                          lay.files(SFL_LABELS.folder, SFL_LABELS.ext, lay.ids[split])))
+    return calls
+
+
+SFL = (
+    SEAM[0],
+    SEAM[1]._replace(outputs=(('train', (CAM,)), ('val', (CAM, Out('--out_cam_pred', 'cam_pred', 'png'))))),
+    Stage('train_edge', needs=('train_cls',), session=f'{EDGE_SESSION}/{EDGE_SESSION}', weights='train_cls',
+          calls=coco_training_calls),
+    Stage('resegment', script='infer_and_envalue', needs=('train_cls', 'train_edge'), weights='train_cls',
+          outputs=(('train', (SFL_LABELS,)), ('val', (SFL_LABELS,))), calls=resegment_calls),
+    PSA[4]._replace(needs=('resegment',), inputs=(('--mask_dir', SFL_LABELS.folder),)),
+    PSA[5])
 AFF_SEG = {'aff': 'network.resnet38_aff', 'seg': 'network.resnet38_seg'}
 METHODS = {'psa': Method(PSA, 'demo_psa.toml', dict(AFF_SEG, cls='network.resnet38_cls')),
            'ssenet': Method(SSENET, 'demo_ssenet.toml', dict(AFF_SEG, cls='network.resnet38_cls_ser')),
            'seam': Method(SEAM, 'demo_seam.toml', dict(AFF_SEG, cls='network.resnet38_SEAM')),
-           'sbnet': Method(SBNET, 'demo_sbnet.toml', dict(AFF_SEG, cls='network.resnet38_SEAM_BD'))}
+           'sbnet': Method(SBNET, 'demo_sbnet.toml', dict(AFF_SEG, cls='network.resnet38_SEAM_BD')),
+           'sfl': Method(SFL, 'demo_sfl.toml', dict(AFF_SEG, cls='network.resnet38_SEAM'))}
+EXTERNAL_SUPERVISION = {'sfl': 'COCO pixel masks'}  # methods that learn from more than the image-level labels
 DEFAULT_METHOD = 'psa'
 ALL = 'all'  # --method all: every method of METHODS on the same data, each in <work_dir>/<method>
 
@@ -165,6 +213,7 @@ def selected_stages(args, method):
 class Demo(NamedTuple):
     path: str
     data: dict        # make_demo's arguments
+    coco: dict        # make_demo_coco's arguments (the methods with a train_edge stage)
     pipeline: dict    # run_pipeline.py's options
     argv: dict        # stage -> flags
 
@@ -179,9 +228,10 @@ def read_demo_file(path, names):
             doc = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UserError(f'{path}: {e}')
+    stages = {s.name for m in METHODS.values() for s in m.stages}  # a base file may hold other methods' stages
     for key in doc:
-        if key not in ('base', 'data', 'pipeline', *names):
-            raise UserError(f'{path}: [{key}] is neither base, data, pipeline nor a stage ({", ".join(names)})')
+        if key not in ('base', 'data', 'coco', 'pipeline', *stages):
+            raise UserError(f'{path}: [{key}] is neither base, data, coco, pipeline nor a stage ({", ".join(sorted(stages))})')
     base = read_demo_file(os.path.join(os.path.dirname(path), doc.pop('base')), names) if 'base' in doc else {}
     for stage in names:
         row = doc.get(stage, {})
@@ -194,7 +244,7 @@ def read_demo_file(path, names):
             if not all(isinstance(v, list) for pair in lists for v in pair):
                 raise UserError(f'{path}: [{stage}] and [{row["like"]}] hold args = [...] and quick = [...], lists')
             doc[stage] = {key: inherited + own for key, (inherited, own) in zip(('args', 'quick'), lists)}
-    for key in ('data', 'pipeline'):
+    for key in ('data', 'coco', 'pipeline'):
         doc[key] = dict(base.get(key, {}), **doc.get(key, {}))
     return dict(base, **doc)
 
@@ -220,18 +270,20 @@ def load_demo(method, quick, preset=None):
                             f'"--lr 0.1", and optionally like = "<stage>" (that stage\'s flags before its own)')
         return [token for item in full + (changes if quick else []) for token in shlex.split(item)]
 
-    data = table('data')
+    data, coco = table('data'), table('coco')
     if preset is not None and preset != DEFAULT_PRESET:  # the default one stays out of demo_params.json
-        data['preset'] = preset
-    return Demo(path, data, table('pipeline'), {s: flags(s) for s in names})
+        data['preset'] = coco['preset'] = preset
+    return Demo(path, data, coco, table('pipeline'), {s: flags(s) for s in names})
 
 
-def demo_data(root, seed, demo):
-    """Generate the demo dataset into `root` unless it is there (same settings); returns whether it made it."""
-    unknown = set(demo.data) - set(inspect.signature(make_demo).parameters)
+def demo_data(root, seed, demo, maker=make_demo, table='data'):
+    """Generate a demo dataset (maker(root, **[table] settings, seed=seed)) into `root` unless it is there with
+    the same settings; returns whether it made it."""
+    settings = getattr(demo, table)
+    unknown = set(settings) - set(inspect.signature(maker).parameters)
     if unknown:
-        raise UserError(f'{demo.path}: [data] {sorted(unknown)[0]} is no argument of voc12.synthetic.make_demo')
-    params = dict(demo.data, seed=seed)
+        raise UserError(f'{demo.path}: [{table}] {sorted(unknown)[0]} is no argument of voc12.synthetic.{maker.__name__}')
+    params = dict(settings, seed=seed)
     stamp = os.path.join(root, 'demo_params.json')
     if os.path.exists(stamp):
         with open(stamp) as f:
@@ -241,7 +293,7 @@ def demo_data(root, seed, demo):
                             'use another --work_dir or delete that folder')
         return False
     print(f'generating the demo dataset into {root}: {params}')
-    make_demo(root, **params)
+    maker(root, **params)
     write_json(stamp, params)
     return True
 
@@ -299,6 +351,28 @@ def resolve_data(args, demo):
     return seconds
 
 
+def needs_coco(method):
+    return any(s.module == 'train_edge' for s in method.stages)
+
+
+def resolve_coco(args, method, demo):
+    """The COCO-layout set of a method with a train_edge stage: --coco_root, or with --demo and none given the
+    demo's, generated into <work_dir>/coco (once); --coco_categories defaults to <coco_root>/categories.
+    Returns the seconds spent generating it (None if it was there or not generated)."""
+    if not needs_coco(method):
+        return None
+    seconds = None
+    if args.coco_root is None:
+        if not args.demo:
+            raise UserError(f'--method {args.method} trains its segmenter on a COCO-layout set: give --coco_root '
+                            '(with annotations_trainval2017/annotations/instances_<--coco_type>.json) or use --demo')
+        start = time.perf_counter()
+        args.coco_root = os.path.join(args.work_dir, 'coco')
+        seconds = time.perf_counter() - start if demo_data(args.coco_root, args.seed, demo, make_demo_coco, 'coco') else None
+    args.coco_categories = args.coco_categories or os.path.join(args.coco_root, 'categories')
+    return seconds
+
+
 # ------------------------------------------------------------------------------ calls and argv
 
 class Layout:
@@ -344,6 +418,8 @@ def flag_argv(flags):
 
 def stage_calls(args, lay, stage):
     """[Call] of a stage row."""
+    if stage.calls:
+        return stage.calls(args, lay, stage)
     net = NETS[stage.net](args) if stage.net else {'--voc12_root': args.voc12_root}
     if stage.network:
         net['--network'] = stage.network

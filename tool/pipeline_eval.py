@@ -36,8 +36,8 @@ def crf_la_miou(lay, gt_dir):
     return metrics.scores_from_confusion(confusion, ABSENT)['miou'] * 100
 
 
-def present(lay, folder, ext):
-    return all(os.path.exists(p) for p in lay.files(folder, ext, lay.val_ids))
+def present(lay, folder, ext, ids=None):
+    return all(os.path.exists(p) for p in lay.files(folder, ext, lay.val_ids if ids is None else ids))
 
 
 def evaluate_outputs(args, lay):
@@ -53,13 +53,36 @@ def evaluate_outputs(args, lay):
 
     scores = {'cam_miou': png('cam_pred'), 'cam_best_miou': None, 'cam_best_threshold': None,
               'crf_la_miou': crf_la_miou(lay, args.gt_dir) if present(lay, 'crf_la', 'npy') else None,
-              'rw_miou': png('rw'), 'seg_nocrf_miou': png('seg_pred'), 'seg_crf_miou': png('seg_crf')}
+              'rw_miou': png('rw'), 'resegment_miou': png(pipeline.SFL_LABELS.folder),
+              'seg_nocrf_miou': png('seg_pred'), 'seg_crf_miou': png('seg_crf')}
     if present(lay, 'cam', 'npy'):
         best = evaluation.evaluate(lay.val_ids, lay.path('cam'), args.gt_dir, 'npy',
                                    thresholds=evaluation.CURVE_THRESHOLDS, workers=workers, absent=ABSENT)
         scores['cam_best_miou'], scores['cam_best_threshold'] = best['miou'], best['threshold']
     scores['seg_miou'] = scores['seg_crf_miou'] if args.seg_crf else scores['seg_nocrf_miou']
-    return {k: (None if v is None or math.isnan(v) else float(v)) for k, v in scores.items()}
+    scores = {k: (None if v is None or math.isnan(v) else float(v)) for k, v in scores.items()}
+    scores['train'] = train_split_scores(args, lay, evaluation, workers)
+    return scores
+
+
+def train_split_scores(args, lay, evaluation, workers):
+    """sfl: the train images' re-segmented labels against the CAMs they start from (at their best background
+    score), where the train images have ground truth (the demo's do); None otherwise."""
+    ids, labels = lay.ids['train'], pipeline.SFL_LABELS.folder
+    if not (present(lay, labels, 'png', ids) and present(lay, 'cam', 'npy', ids)
+            and all(os.path.exists(os.path.join(args.gt_dir, f'{i}.png')) for i in ids)):
+        return None
+    best = evaluation.evaluate(ids, lay.path('cam'), args.gt_dir, 'npy', thresholds=evaluation.CURVE_THRESHOLDS,
+                               workers=workers, absent=ABSENT)
+    resegmented = evaluation.evaluate(ids, lay.path(labels), args.gt_dir, 'png', workers=workers, absent=ABSENT)
+    return {'cam_best_miou': float(best['miou']), 'cam_best_threshold': float(best['threshold']),
+            'cam_curve': best['curve'], 'resegment_miou': float(resegmented['miou'])}
+
+
+def add_train_cam_score(train, cam_pred_bg):
+    """The train split's CAM mIoU at the method's background score, read off its curve (which then goes)."""
+    curve = dict((round(t, 2), m) for t, m in train.pop('cam_curve'))
+    train['cam_miou'] = None if cam_pred_bg is None else float(curve[round(cam_pred_bg, 2)])
 
 
 def check_ground_truth(args, lay):
@@ -71,7 +94,8 @@ def check_ground_truth(args, lay):
 
 CLASS_NAMES = ['background'] + voc12.data.CAT_LIST
 # (summary key prefix, label PNG folder) of the stages the diagnosis scores, in the order they run
-DIAGNOSED = (('cam', 'cam_pred'), ('rw', 'rw'), ('seg_nocrf', 'seg_pred'), ('seg_crf', 'seg_crf'))
+DIAGNOSED = (('cam', 'cam_pred'), ('rw', 'rw'), ('resegment', pipeline.SFL_LABELS.folder), ('seg_nocrf', 'seg_pred'),
+             ('seg_crf', 'seg_crf'))
 
 
 def cam_pred_background(method, records):
@@ -110,10 +134,12 @@ def diagnose_outputs(args, lay, titles):
 
 def report_columns(args, lay):
     seg_dir = 'seg_crf' if args.seg_crf else 'seg_pred'
+    sfl = present(lay, pipeline.SFL_LABELS.folder, 'png')
+    pseudo, folder = ('re-segmented CAM', pipeline.SFL_LABELS.folder) if sfl else ('random walk', 'rw')
     return [('image', 'image', lambda i: voc12.data.get_img_path(i, args.voc12_root)),
             ('ground truth', 'label', lambda i: os.path.join(args.gt_dir, f'{i}.png')),
             ('CAM', 'cam', lambda i: lay.path('cam', f'{i}.npy')),
-            ('random walk', 'label', lambda i: lay.path('rw', f'{i}.png')),
+            (pseudo, 'label', lambda i: lay.path(folder, f'{i}.png')),
             ('segmentation' + (' + dCRF' if args.seg_crf else ''), 'label', lambda i: lay.path(seg_dir, f'{i}.png'))]
 
 
@@ -122,6 +148,8 @@ def evaluate_and_report(args, lay, records, status, seconds, wall_start):
     start = time.perf_counter()
     summary = evaluate_outputs(args, lay)
     summary['cam_pred_bg'] = cam_pred_background(pipeline.METHODS[args.method], records)
+    if summary['train']:
+        add_train_cam_score(summary['train'], summary['cam_pred_bg'])
     diagnosed = diagnose_outputs(args, lay, report.stage_titles(summary))
     seconds['evaluate'] = time.perf_counter() - start
     status['evaluate'] = 'ran'

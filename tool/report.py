@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from tool.io import atomic_save_image, atomic_write, load_dict_npy, load_image, load_label_png
 from tool.palette import colorize
+from tool.pipeline import EXTERNAL_SUPERVISION
 
 GRID_NAME = 'report_grid.png'
 CELL = 160     # grid tiles are fitted into CELL x CELL
@@ -22,8 +23,11 @@ SCORE_ROWS = (('cam_miou', 'CAM (background score {bg})'),
               ('cam_best_miou', 'CAM, best background score (oracle)'),
               ('crf_la_miou', 'CAM + dCRF (la)'),
               ('rw_miou', 'random walk (AffinityNet)'),
+              ('resegment_miou', 'CAM re-segmented by the COCO-trained segmenter (SFL)'),
               ('seg_nocrf_miou', 'retrained segmentation'),
               ('seg_crf_miou', 'retrained segmentation + dCRF'))
+
+OPTIONAL_ROWS = ('resegment_miou',)  # shown only where a method wrote them
 
 # colour ramp of the CAM heat map: (position, RGB), dark blue -> cyan -> yellow -> red
 RAMP = ((0.0, (0, 0, 128)), (0.25, (0, 64, 255)), (0.5, (0, 255, 255)), (0.75, (255, 255, 0)), (1.0, (255, 0, 0)))
@@ -42,10 +46,22 @@ def stage_titles(summary):
     return titles
 
 
+def shown_rows(summaries):
+    """SCORE_ROWS less the rows of a method none of `summaries` ran (OPTIONAL_ROWS)."""
+    return [(key, title) for key, title in SCORE_ROWS
+            if key not in OPTIONAL_ROWS or any(s.get(key) is not None for s in summaries)]
+
+
+def method_title(name):
+    """A method's name, tagged with the supervision it uses beyond the image-level labels."""
+    extra = EXTERNAL_SUPERVISION.get(name)
+    return f'{name} (+ {extra}: external pixel-level supervision)' if extra else name
+
+
 def score_table(summary):
     lines = ['| stage | mIoU (val, %) |', '|---|---:|']
     titles = stage_titles(summary)
-    for key, _ in SCORE_ROWS:
+    for key, _ in shown_rows([summary]):
         lines.append(f"| {titles[key[:-len('_miou')]]} | {_number(summary.get(key))} |")
     return '\n'.join(lines)
 
@@ -89,12 +105,23 @@ def data_text(summary):
     return f" of `{data['voc12_root']}`" if data.get('voc12_root') else ''
 
 
+def train_split_text(summary):
+    """sfl: the train split's re-segmented labels against the CAMs they start from (a paragraph, or '')."""
+    train = summary.get('train')
+    if not train:
+        return ''
+    return (f"Train split (the images whose labels train_seg learns from): re-segmented labels "
+            f"{train['resegment_miou']:.1f}; the CAMs they start from {_number(train['cam_miou'])} at the method's "
+            f"background score {_number(summary.get('cam_pred_bg'), '{:.2f}')}, {train['cam_best_miou']:.1f} at "
+            f"their best one {train['cam_best_threshold']:.2f} (oracle).\n")
+
+
 def write_markdown(path, summary, records, sections=''):
     text = '\n'.join([
         '# Pipeline report', '',
-        f"Work dir `{summary['work_dir']}`, method {summary.get('method')}, {summary['num_val_images']} val images"
+        f"Work dir `{summary['work_dir']}`, method {method_title(summary.get('method'))}, {summary['num_val_images']} val images"
         f"{data_text(summary)}.", '',
-        '## mIoU on the val split', '', score_table(summary), '',
+        '## mIoU on the val split', '', score_table(summary), '', train_split_text(summary),
         ('The best background score is picked against the ground truth: an upper bound for the CAM, not a '
          'weakly supervised result. The segmentation is scored without image-level labels.'), '',
         '## Wall time', '', time_table(summary, records), '',
@@ -243,16 +270,17 @@ def diagnosis_section(work_dir, diagnoses, stages, image_of, gt_of, class_names)
 METHODS_NAME = 'methods'  # methods.md and methods.png
 # (summary key, short name under the chart's bars) of the scores compared across methods
 CHART_ROWS = (('cam_miou', 'CAM'), ('cam_best_miou', 'CAM best'), ('crf_la_miou', 'CAM+dCRF'),
-              ('rw_miou', 'random walk'), ('seg_nocrf_miou', 'seg'), ('seg_crf_miou', 'seg+dCRF'))
+              ('rw_miou', 'random walk'), ('resegment_miou', 're-segmented'), ('seg_nocrf_miou', 'seg'),
+              ('seg_crf_miou', 'seg+dCRF'))
 METHOD_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
 CHART_GROUP, CHART_BAR, CHART_H, CHART_MARGIN = 120, 24, 300, 40
 
 
 def methods_table(summaries):
     """Markdown: one row per score, one column per method (the CAM rows also give the background score)."""
-    names = list(summaries)
+    names = [method_title(name) for name in summaries]
     lines = ['| stage | ' + ' | '.join(names) + ' |', '|---|' + '---:|' * len(names)]
-    for key, title in SCORE_ROWS:
+    for key, title in shown_rows(summaries.values()):
         cells = []
         for summary in summaries.values():
             cell = _number(summary.get(key))

@@ -15,12 +15,14 @@ texture, on a textured background, so a small network can learn the classes. The
 XML and the masks agree: a class is labelled iff it has pixels in the mask.
 
 `make_demo(root, ..., preset='demo' | 'hard')` writes the same layout for the demo's six classes (see the
-demo scenes below; 'hard' is data of another design that the demo was not tuned on).
+demo scenes below; 'hard' is data of another design that the demo was not tuned on), and
+`make_demo_coco(root, ...)` other scenes of that family in COCO layout with instance masks (SFL's segmenter).
 
 CLI: `python -m voc12.synthetic --root DIR --n_train N --n_val M --seed S`.
 """
 import argparse
 import colorsys
+import json
 import os
 import xml.etree.ElementTree as ET
 from typing import Callable, NamedTuple
@@ -368,15 +370,66 @@ def make_demo(root, n_train=600, n_val=100, size=128, seed=0, preset='demo', max
     max_objects, n_distractors, part_scale (part radius relative to the body's smaller radius): None keeps
     the preset's.
     """
-    if preset not in PRESETS:
-        raise UserError(f"make_demo: preset {preset!r} is unknown; use one of {', '.join(PRESETS)}")
-    given = dict(max_objects=max_objects, n_distractors=n_distractors, part_scale=part_scale)
-    style = PRESETS[preset]._replace(**{k: v for k, v in given.items() if v is not None})
+    style = _preset_style(preset, max_objects=max_objects, n_distractors=n_distractors, part_scale=part_scale)
 
     def scene(rng):
         w, h = _draw_extent(rng, size), _draw_extent(rng, size)
         return _demo_scene(rng, h, w, style, border)
     return _write_dataset(root, n_train, n_val, seed, scene, border)
+
+
+def _preset_style(preset, **given):
+    """PRESETS[preset] with the `given` fields that are not None."""
+    if preset not in PRESETS:
+        raise UserError(f"make_demo: preset {preset!r} is unknown; use one of {', '.join(PRESETS)}")
+    return PRESETS[preset]._replace(**{k: v for k, v in given.items() if v is not None})
+
+
+# COCO's category ids of the demo classes' names (and person, which the SFL data layer always maps to channel 0)
+COCO_IDS = {'person': 1, 'car': 3, 'bus': 6, 'cat': 17, 'dog': 18, 'sheep': 20, 'cow': 21}
+
+
+def make_demo_coco(root, n_images=300, size=128, seed=0, preset='demo', data_type='train2017', border=2):
+    """Write a COCO-layout set of demo scenes for SFL's segmenter into `root`: other instances of the same
+    family (make_demo's scenes under another random stream of `seed`) with their pixel masks.
+
+        root/<data_type>/<id:012d>.jpg
+        root/annotations_trainval2017/annotations/instances_<data_type>.json   COCO's format: one annotation
+            per visible object, its mask as uncompressed RLE (column-major run lengths, zeros first), iscrowd 0
+        root/categories                          the demo classes' COCO names, one a line (--categories)
+    """
+    style = _preset_style(preset)
+    names = [CAT_LIST[c] for c in DEMO_CLASSES]
+    images, annotations = [], []
+    for k in range(n_images):
+        rng = np.random.default_rng([seed, 1, k])  # make_demo draws image k from [seed, k]
+        w, h = _draw_extent(rng, size), _draw_extent(rng, size)
+        image, _, objects = _demo_scene(rng, h, w, style, border)
+        img_id = k + 1
+        file_name = f'{img_id:012d}.jpg'
+        atomic_save_image(os.path.join(root, data_type, file_name), Image.fromarray(image), quality=92)
+        images.append({'id': img_id, 'file_name': file_name, 'height': h, 'width': w})
+        for c, mask in objects:
+            ys, xs = np.nonzero(mask)
+            annotations.append({
+                'id': len(annotations) + 1, 'image_id': img_id, 'category_id': COCO_IDS[CAT_LIST[c]], 'iscrowd': 0,
+                'segmentation': {'size': [h, w], 'counts': _rle_counts(mask)}, 'area': float(mask.sum()),
+                'bbox': [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]})
+    categories = [{'id': COCO_IDS[name], 'name': name, 'supercategory': 'demo'} for name in ['person'] + names]
+    doc = {'info': {'description': f'SFL demo scenes, seed {seed}'}, 'licenses': [], 'images': images,
+           'annotations': annotations, 'categories': categories}
+    _write_text(os.path.join(root, 'annotations_trainval2017', 'annotations', f'instances_{data_type}.json'),
+                json.dumps(doc))
+    _write_text(os.path.join(root, 'categories'), ''.join(f'{name}\n' for name in names))
+    return root
+
+
+def _rle_counts(mask):
+    """COCO's uncompressed RLE counts of a boolean mask: run lengths in column-major order, starting with zeros."""
+    flat = mask.T.ravel().astype(np.int8)
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate(([0], changes, [flat.size])))
+    return ([0] if flat[0] else []) + runs.tolist()
 
 
 # ---------------------------------------------------------------- writing
