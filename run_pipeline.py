@@ -169,7 +169,7 @@ def run_method(args):
     os.makedirs(args.work_dir, exist_ok=True)
     demo = pipeline.load_demo(method, args.quick, args.demo_preset) if args.demo else None
     data_seconds = pipeline.resolve_data(args, demo)
-    coco_seconds = pipeline.resolve_coco(args, method, demo)
+    coco_status, coco_seconds = pipeline.resolve_coco(args, method, demo)
     if args.threads:
         torch.set_num_threads(args.threads)
     lay = pipeline.Layout(args, method)
@@ -183,9 +183,8 @@ def run_method(args):
     if args.data_source == 'generated':
         status['demo_data'] = 'ran' if data_seconds is not None else 'skipped'
         seconds['demo_data'] = data_seconds
-    if args.demo and args.coco_root == os.path.join(args.work_dir, 'coco'):
-        status['demo_coco'] = 'ran' if coco_seconds is not None else 'skipped'
-        seconds['demo_coco'] = coco_seconds
+    if coco_status:
+        status['demo_coco'], seconds['demo_coco'] = coco_status, coco_seconds
     records = pipeline.run_stages(method, lay, run, calls, argvs, status, seconds)
     if 'evaluate' not in run:
         print('evaluate is off: no summary')

@@ -220,8 +220,8 @@ def test_demo_coco_masks_decode_with_pycocotools(tmp_path):
             assert img.size == (info['width'], info['height'])
             coco_pixels = np.asarray(img)
         rng = np.random.default_rng([3, 1, k])
-        w, h = synthetic._draw_extent(rng, 64), synthetic._draw_extent(rng, 64)
-        _, _, objects = synthetic._demo_scene(rng, h, w, synthetic.PRESETS['demo'], 2)
+        _, label, objects = synthetic._demo_scene(rng, 64, synthetic.PRESETS['demo'], 2)
+        h, w = label.shape
         anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
         assert len(anns) == len(objects) > 0
         for ann, (c, drawn) in zip(anns, objects):

@@ -358,19 +358,21 @@ def needs_coco(method):
 def resolve_coco(args, method, demo):
     """The COCO-layout set of a method with a train_edge stage: --coco_root, or with --demo and none given the
     demo's, generated into <work_dir>/coco (once); --coco_categories defaults to <coco_root>/categories.
-    Returns the seconds spent generating it (None if it was there or not generated)."""
+    Returns (status, seconds) of generating it: ('ran', s), ('skipped', None) when it was there, (None, None)
+    when there is nothing to generate."""
     if not needs_coco(method):
-        return None
-    seconds = None
+        return None, None
+    status = seconds = None
     if args.coco_root is None:
         if not args.demo:
             raise UserError(f'--method {args.method} trains its segmenter on a COCO-layout set: give --coco_root '
                             '(with annotations_trainval2017/annotations/instances_<--coco_type>.json) or use --demo')
         start = time.perf_counter()
         args.coco_root = os.path.join(args.work_dir, 'coco')
-        seconds = time.perf_counter() - start if demo_data(args.coco_root, args.seed, demo, make_demo_coco, 'coco') else None
+        made = demo_data(args.coco_root, args.seed, demo, make_demo_coco, 'coco')
+        status, seconds = ('ran', time.perf_counter() - start) if made else ('skipped', None)
     args.coco_categories = args.coco_categories or os.path.join(args.coco_root, 'categories')
-    return seconds
+    return status, seconds
 
 
 # ------------------------------------------------------------------------------ calls and argv

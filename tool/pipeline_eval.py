@@ -40,8 +40,9 @@ def present(lay, folder, ext, ids=None):
     return all(os.path.exists(p) for p in lay.files(folder, ext, lay.val_ids if ids is None else ids))
 
 
-def evaluate_outputs(args, lay):
-    """The mIoU (%) of every stage's val outputs that exist (None for the others)."""
+def evaluate_outputs(args, lay, cam_pred_bg):
+    """The mIoU (%) of every stage's val outputs that exist (None for the others); cam_pred_bg: the method's
+    background score of the CAM (None if infer_cls has not run)."""
     evaluation = importlib.import_module('evaluation')
     workers = args.num_workers if args.num_workers is not None else evaluation.default_workers()
 
@@ -61,13 +62,14 @@ def evaluate_outputs(args, lay):
         scores['cam_best_miou'], scores['cam_best_threshold'] = best['miou'], best['threshold']
     scores['seg_miou'] = scores['seg_crf_miou'] if args.seg_crf else scores['seg_nocrf_miou']
     scores = {k: (None if v is None or math.isnan(v) else float(v)) for k, v in scores.items()}
-    scores['train'] = train_split_scores(args, lay, evaluation, workers)
+    scores['train'] = train_split_scores(args, lay, evaluation, workers, cam_pred_bg)
     return scores
 
 
-def train_split_scores(args, lay, evaluation, workers):
-    """sfl: the train images' re-segmented labels against the CAMs they start from (at their best background
-    score), where the train images have ground truth (the demo's do); None otherwise."""
+def train_split_scores(args, lay, evaluation, workers, cam_pred_bg):
+    """sfl: the train images' re-segmented labels against the CAMs they start from (at the method's background
+    score, read off the curve, and at the best one), where the train images have ground truth (the demo's do);
+    None otherwise."""
     ids, labels = lay.ids['train'], pipeline.SFL_LABELS.folder
     if not (present(lay, labels, 'png', ids) and present(lay, 'cam', 'npy', ids)
             and all(os.path.exists(os.path.join(args.gt_dir, f'{i}.png')) for i in ids)):
@@ -75,14 +77,10 @@ def train_split_scores(args, lay, evaluation, workers):
     best = evaluation.evaluate(ids, lay.path('cam'), args.gt_dir, 'npy', thresholds=evaluation.CURVE_THRESHOLDS,
                                workers=workers, absent=ABSENT)
     resegmented = evaluation.evaluate(ids, lay.path(labels), args.gt_dir, 'png', workers=workers, absent=ABSENT)
-    return {'cam_best_miou': float(best['miou']), 'cam_best_threshold': float(best['threshold']),
-            'cam_curve': best['curve'], 'resegment_miou': float(resegmented['miou'])}
-
-
-def add_train_cam_score(train, cam_pred_bg):
-    """The train split's CAM mIoU at the method's background score, read off its curve (which then goes)."""
-    curve = dict((round(t, 2), m) for t, m in train.pop('cam_curve'))
-    train['cam_miou'] = None if cam_pred_bg is None else float(curve[round(cam_pred_bg, 2)])
+    curve = dict((round(t, 2), m) for t, m in best['curve'])
+    return {'cam_miou': None if cam_pred_bg is None else float(curve[round(cam_pred_bg, 2)]),
+            'cam_best_miou': float(best['miou']), 'cam_best_threshold': float(best['threshold']),
+            'resegment_miou': float(resegmented['miou'])}
 
 
 def check_ground_truth(args, lay):
@@ -146,10 +144,9 @@ def report_columns(args, lay):
 def evaluate_and_report(args, lay, records, status, seconds, wall_start):
     """The evaluate stage: scores the outputs, writes summary.json, report.md and the grid; returns the summary."""
     start = time.perf_counter()
-    summary = evaluate_outputs(args, lay)
-    summary['cam_pred_bg'] = cam_pred_background(pipeline.METHODS[args.method], records)
-    if summary['train']:
-        add_train_cam_score(summary['train'], summary['cam_pred_bg'])
+    cam_pred_bg = cam_pred_background(pipeline.METHODS[args.method], records)
+    summary = evaluate_outputs(args, lay, cam_pred_bg)
+    summary['cam_pred_bg'] = cam_pred_bg
     diagnosed = diagnose_outputs(args, lay, report.stage_titles(summary))
     seconds['evaluate'] = time.perf_counter() - start
     status['evaluate'] = 'ran'

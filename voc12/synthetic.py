@@ -324,8 +324,10 @@ def _demo_object(rng, h, w, style, k):
     return body & ~part, part, colour, pattern
 
 
-def _demo_scene(rng, h, w, style, border, tries=50):
-    """A demo image: background, clutter, 1..max_objects part-bearing objects that stay visible, occluders."""
+def _demo_scene(rng, size, style, border, tries=50):
+    """A demo image (width and height drawn from `size`, see make_demo): background, clutter, 1..max_objects
+    part-bearing objects that stay visible, occluders."""
+    w, h = _draw_extent(rng, size), _draw_extent(rng, size)
     for _ in range(tries):
         n = int(rng.integers(1, style.max_objects + 1))
         picks = [int(rng.integers(len(DEMO_CLASSES))) for _ in range(n)]
@@ -372,10 +374,7 @@ def make_demo(root, n_train=600, n_val=100, size=128, seed=0, preset='demo', max
     """
     style = _preset_style(preset, max_objects=max_objects, n_distractors=n_distractors, part_scale=part_scale)
 
-    def scene(rng):
-        w, h = _draw_extent(rng, size), _draw_extent(rng, size)
-        return _demo_scene(rng, h, w, style, border)
-    return _write_dataset(root, n_train, n_val, seed, scene, border)
+    return _write_dataset(root, n_train, n_val, seed, lambda rng: _demo_scene(rng, size, style, border), border)
 
 
 def _preset_style(preset, **given):
@@ -403,8 +402,8 @@ def make_demo_coco(root, n_images=300, size=128, seed=0, preset='demo', data_typ
     images, annotations = [], []
     for k in range(n_images):
         rng = np.random.default_rng([seed, 1, k])  # make_demo draws image k from [seed, k]
-        w, h = _draw_extent(rng, size), _draw_extent(rng, size)
-        image, _, objects = _demo_scene(rng, h, w, style, border)
+        image, _, objects = _demo_scene(rng, size, style, border)
+        h, w = image.shape[:2]
         img_id = k + 1
         file_name = f'{img_id:012d}.jpg'
         atomic_save_image(os.path.join(root, data_type, file_name), Image.fromarray(image), quality=92)
