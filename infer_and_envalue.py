@@ -12,7 +12,8 @@ the mIoU of O1, O2, O3 against --gt_dir (mean over all 21 classes, as the origin
 Beyond the original: --label_dir writes <id>.png palette label maps of iteration --iterations (default 1) for
 train_seg.py, --out_cam the sigmoid of that iteration's per-class outputs as CAM dicts {class: HxW} for the
 dCRF / random-walk stages. --dice_on sigmoid (for a segmenter trained with train_edge.py --dice_on sigmoid)
-thresholds and feeds back sigmoid(O) instead of the raw logits.
+thresholds and feeds back sigmoid(O) instead of the raw logits. Without --gt_dir, images whose --label_dir /
+--out_cam outputs all exist are skipped (--overwrite redoes them); with it every image runs, as the mIoU needs.
 """
 import argparse
 import os
@@ -27,7 +28,7 @@ from network.edge_SEAM import DeepLabv3_plus
 from tool.cli import add_network_args, import_network, pick_device, run_main
 from tool.coco import normalize_image
 from tool.equivariance import max_norm
-from tool.io import atomic_save_npy, atomic_save_png, check_output_dir, load_label_png, require_dir
+from tool.io import atomic_save_npy, atomic_save_png, check_output_dir, load_label_png, pending, require_dir
 from tool.metrics import label_confusion, scores_from_confusion
 from tool.weights import load_trained_weights
 
@@ -54,6 +55,7 @@ def build_parser():
     parser.add_argument('--dice_on', choices=['logits', 'sigmoid'], default='logits',
                         help='logits: raw outputs against 0.5 and fed back (the original); sigmoid: their sigmoid')
     parser.add_argument('--device', default=None)
+    parser.add_argument('--overwrite', action='store_true', help='redo images whose outputs already exist')
     parser.add_argument('--edge_width', default=1.0, type=float, help="the segmenter's width (train_edge.py's)")
     add_network_args(parser)
     return parser
@@ -93,6 +95,16 @@ def append_logs(args, scores, comment):
         f.write('\t%s\t%f\n' % (comment, metric['mIoU']))
 
 
+def pending_indices(args, names):
+    """The list positions of the images whose outputs are not all written (all of them with --overwrite)."""
+    folders = [(getattr(args, flag), ext) for flag, ext in (('label_dir', 'png'), ('out_cam', 'npy')) if getattr(args, flag)]
+    todo = set(pending(names, lambda name: [os.path.join(d, f'{name}.{ext}') for d, ext in folders], args.overwrite))
+    if len(todo) < len(names):
+        print(f'{len(names) - len(todo)} of {len(names)} images already have all outputs; skipping them '
+              '(--overwrite redoes them)')
+    return [k for k, name in enumerate(names) if name in todo]
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
@@ -108,6 +120,8 @@ def main(argv=None):
             check_output_dir(getattr(args, flag), '--' + flag)
     dataset = voc12.data.VOC12ClsDataset(args.infer_list, args.voc12_root, transform=normalize_image,
                                          cls_labels=args.cls_labels)
+    if not args.gt_dir:
+        dataset = torch.utils.data.Subset(dataset, pending_indices(args, dataset.img_name_list))
     loader = torch.utils.data.DataLoader(dataset, shuffle=False, num_workers=args.num_workers)
     confusion = np.zeros((ITERATIONS, len(CATEGORIES), len(CATEGORIES)), np.int64)
     with torch.no_grad():

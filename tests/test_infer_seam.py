@@ -97,16 +97,18 @@ def test_cam_dicts_equal_the_original(case, outputs):
 
 def test_crf_folders_and_dicts_equal_the_original(case, outputs):
     """End to end the dCRF amplifies the CAMs' float32 noise (SEAM's min-max divides by small ranges here), so the
-    CRF step is also checked alone: the original's CAM dicts through our crf_with_alpha."""
+    CRF step is also checked alone: the original's CAM dicts through our crf_with_alpha. End to end it differed
+    by up to 1e-3 on the fixture's machine and 1.7e-3 on an AMD EPYC CPU (2026-12-08), the CAMs there within 2e-5;
+    alone 2e-7 on the fixture's machine, 1.9e-5 on the AMD one (the float32 lattice of pydensecrf)."""
     assert sorted(p.name for p in outputs.iterdir()) == ['cam', 'crf_24.0', 'crf_4.0', 'pred']
     for name in case['ids']:
         img = load_image(str(case['root'] / 'VOC2012' / 'JPEGImages' / f'{name}.jpg'))
         for tag, folder, alpha in (('crf4', 'crf_4.0', 4), ('crf24', 'crf_24.0', 24)):
             ref = reference_dict(case['ref'], tag, name)
             assert_dicts_close(load(outputs / folder / f'{name}.npy'), ref, f'{case["name"]} {folder} {name}',
-                               atol=1e-3)
+                               atol=5e-3)
             alone = infer_cls.crf_with_alpha(img, reference_dict(case['ref'], 'cam', name), alpha)
-            assert_dicts_close(alone, ref, f'{case["name"]} {folder} {name} from the original CAMs', atol=1e-6)
+            assert_dicts_close(alone, ref, f'{case["name"]} {folder} {name} from the original CAMs', atol=1e-4)
 
 
 def test_cam_pred_equals_the_original(case, outputs):
